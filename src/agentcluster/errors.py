@@ -1,0 +1,293 @@
+"""Every error agentcluster raises, in one tree.
+
+Errors split by who must act: the caller (``UsageError`` — fix the call), the delivery
+path (``DeliveryError`` — the signal did not reach or finish in its agent; ``retryable``
+says whether the same signal may be sent again), the action (``ActionError`` — user code
+ran and failed), or the agent's lifecycle (``AgentError``). Each carries the context a
+log line or a retry loop needs (``agent_id``, ``node_id``, ``retryable``) and a
+``reason`` code that dead letters and telemetry use.
+
+::
+
+    AgentClusterError
+    ├── UsageError                      the caller did something wrong; never retryable
+    │   ├── ConfigurationError          a setting or declaration is invalid
+    │   ├── InvalidSignal
+    │   │   ├── SignalDecodeError       bad CloudEvents input; names the attribute
+    │   │   └── SignalTooLarge          encoded size over the limit
+    │   ├── ActionValidationError       params or state change failed validation
+    │   ├── InvalidRoute                a route pattern cannot be parsed
+    │   ├── SkillMountError             a skill clashes with what the agent has
+    │   ├── AgentExists                 an id is taken by an agent of another class
+    │   └── JournalTruncated            replay asked for entries the bus journal dropped
+    ├── DeliveryError                   the signal did not get through
+    │   ├── AgentNotFound               no agent with that id (reason "unknown")
+    │   ├── MailboxFull                 retryable; the mailbox stayed full
+    │   ├── Overloaded                  retryable; the receiver sheds load
+    │   ├── SignalExpired               its deadline passed before it ran
+    │   ├── NoRoute                     the agent has no route for the signal type
+    │   ├── CallCycle                   the call would wait on itself
+    │   ├── CallTimeout                 no reply within the deadline (also a TimeoutError)
+    │   └── AgentStopped                the agent stopped before the signal ran
+    ├── ActionError                     user code ran and failed
+    │   ├── ActionFailed                carries the remote error's type and message
+    │   └── ActionTimeout               the action overran its timeout
+    └── AgentError
+        ├── RestoreFailed               a snapshot cannot be restored; never a silent reset
+        └── RestartLimitExceeded        a supervisor's restart intensity was exceeded
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AgentClusterError(Exception):
+    """Root of every error agentcluster raises on purpose."""
+
+    reason: str = "error"
+    default_retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        agent_id: str | None = None,
+        node_id: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.agent_id = agent_id
+        self.node_id = node_id
+        self.retryable = self.default_retryable if retryable is None else retryable
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe form, used for call replies and dead letters."""
+        return {
+            "type": type(self).__name__,
+            "reason": self.reason,
+            "message": self.message,
+            "agent_id": self.agent_id,
+            "node_id": self.node_id,
+            "retryable": self.retryable,
+        }
+
+
+# --- the caller did something wrong -------------------------------------------------
+
+
+class UsageError(AgentClusterError):
+    """The call itself is wrong; sending it again will not help."""
+
+    reason = "usage"
+
+
+class ConfigurationError(UsageError):
+    """A setting, declaration or option combination is invalid."""
+
+    reason = "configuration"
+
+
+class InvalidSignal(UsageError):
+    """A signal is malformed."""
+
+    reason = "invalid_signal"
+
+
+class SignalDecodeError(InvalidSignal):
+    """CloudEvents input could not be decoded; ``attribute`` names the culprit."""
+
+    reason = "decode"
+
+    def __init__(self, attribute: str, problem: str) -> None:
+        super().__init__(f"signal attribute {attribute!r}: {problem}")
+        self.attribute = attribute
+        self.problem = problem
+
+
+class SignalTooLarge(InvalidSignal):
+    """The encoded signal exceeds the configured size limit."""
+
+    reason = "too_large"
+
+    def __init__(self, size: int, limit: int, *, signal_type: str | None = None) -> None:
+        what = f"signal {signal_type!r}" if signal_type else "signal"
+        super().__init__(f"{what} is {size} bytes encoded; the limit is {limit}")
+        self.size = size
+        self.limit = limit
+
+
+class ActionValidationError(UsageError):
+    """Params or a state change failed validation; ``errors`` lists each field error."""
+
+    reason = "validation"
+
+    def __init__(self, action: str, errors: list[dict[str, Any]], *, what: str = "params") -> None:
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())) or '<root>'}: {e.get('msg', '')}"
+            for e in errors
+        )
+        super().__init__(f"{action}: invalid {what}: {fields}")
+        self.action = action
+        self.errors = errors
+        self.what = what
+
+
+class InvalidRoute(UsageError):
+    """A route pattern cannot be parsed."""
+
+    reason = "invalid_route"
+
+
+class SkillMountError(UsageError):
+    """A skill's name, action or route clashes with what the agent already has."""
+
+    reason = "skill_clash"
+
+
+class AgentExists(UsageError):
+    """``start_agent`` named an id that a live agent of another class holds."""
+
+    reason = "exists"
+
+
+class JournalTruncated(UsageError):
+    """A replay asked for bus entries older than the bounded journal still holds."""
+
+    reason = "journal_truncated"
+
+    def __init__(self, requested: int, first_available: int) -> None:
+        super().__init__(
+            f"replay from offset {requested} asked for entries the journal dropped; "
+            f"the oldest kept is {first_available}"
+        )
+        self.requested = requested
+        self.first_available = first_available
+
+
+# --- the signal did not get through -------------------------------------------------
+
+
+class DeliveryError(AgentClusterError):
+    """The signal did not reach its agent, or did not finish there."""
+
+    reason = "undeliverable"
+
+
+class AgentNotFound(DeliveryError):
+    """No agent with that id is known."""
+
+    reason = "unknown"
+
+
+class MailboxFull(DeliveryError):
+    """The agent's bounded mailbox stayed full; try again later."""
+
+    reason = "mailbox_full"
+    default_retryable = True
+
+
+class Overloaded(DeliveryError):
+    """The receiver refuses new work for now; try again later."""
+
+    reason = "overloaded"
+    default_retryable = True
+
+
+class SignalExpired(DeliveryError):
+    """The signal's deadline passed before it could run."""
+
+    reason = "expired"
+
+
+class NoRoute(DeliveryError):
+    """The agent has no route for the signal's type."""
+
+    reason = "no_route"
+
+
+class CallCycle(DeliveryError):
+    """The call would wait on itself (A calls B calls A); ``chain`` holds the waiters."""
+
+    reason = "call_cycle"
+
+    def __init__(self, message: str, *, chain: tuple[str, ...], agent_id: str | None) -> None:
+        super().__init__(message, agent_id=agent_id)
+        self.chain = chain
+
+
+class CallTimeout(DeliveryError, TimeoutError):
+    """No reply arrived within the call's deadline; the remote action was cancelled."""
+
+    reason = "timeout"
+    default_retryable = True
+
+
+class AgentStopped(DeliveryError):
+    """The agent stopped before the signal ran."""
+
+    reason = "stopped"
+
+
+# --- user code ran and failed -------------------------------------------------------
+
+
+class ActionError(AgentClusterError):
+    """An action ran and failed."""
+
+    reason = "action_failed"
+
+
+class ActionFailed(ActionError):
+    """An action raised; ``error_type`` and ``message`` describe the original error."""
+
+    reason = "action_failed"
+
+    def __init__(
+        self,
+        action: str,
+        error_type: str,
+        message: str,
+        *,
+        agent_id: str | None = None,
+        node_id: str | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(
+            f"{action} failed: {error_type}: {message}",
+            agent_id=agent_id,
+            node_id=node_id,
+            retryable=retryable,
+        )
+        self.action = action
+        self.error_type = error_type
+        self.error_message = message
+
+
+class ActionTimeout(ActionError, TimeoutError):
+    """An action overran its timeout and was cancelled (cooperatively, for a thread)."""
+
+    reason = "action_timeout"
+    default_retryable = True
+
+
+# --- the agent's lifecycle ----------------------------------------------------------
+
+
+class AgentError(AgentClusterError):
+    """An agent could not be started, restored or kept running."""
+
+    reason = "agent"
+
+
+class RestoreFailed(AgentError):
+    """A snapshot could not be restored; the agent is marked failed, never reset."""
+
+    reason = "restore_failed"
+
+
+class RestartLimitExceeded(AgentError):
+    """A supervisor restarted children more often than its intensity allows."""
+
+    reason = "restart_limit"
