@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Callable
 
 __all__ = [
@@ -27,6 +28,9 @@ __all__ = [
 _VERSION_BITS = 0x7 << 76
 _VARIANT_BITS = 0b10 << 62
 _SEQ_MAX = 0xFFF
+_V7 = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-7[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}"
+)
 
 
 class UuidV7Source:
@@ -73,12 +77,9 @@ IdSource = Callable[[], str]
 
 def id_timestamp_ms(signal_id: str) -> int | None:
     """The creation time embedded in a UUIDv7 id, or None for any other id."""
-    if len(signal_id) != 36 or signal_id[14] != "7":
+    if len(signal_id) != 36 or signal_id[14] != "7" or _V7.fullmatch(signal_id) is None:
         return None
-    try:
-        return int(signal_id[:8] + signal_id[9:13], 16)
-    except ValueError:
-        return None
+    return int(signal_id[:8] + signal_id[9:13], 16)
 
 
 _default: IdSource | None = None

@@ -1,0 +1,72 @@
+"""Dead letters: every signal that could not be delivered or run, with its reason.
+
+Nothing is dropped silently. The store is bounded (it is memory); when it is full the
+oldest entry makes room and is counted in ``evicted``, and every dead letter is also
+emitted as telemetry (``agentcluster.signal.dead_lettered``) so that a handler can ship
+it somewhere durable. Later layers put dead letters of persistent agents in a durable
+stream instead.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentcluster.core.signal import Signal
+from agentcluster.telemetry import Telemetry
+
+__all__ = ["DeadLetter", "DeadLetterStore"]
+
+_EVENT = ("agentcluster", "signal", "dead_lettered")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    signal: Signal
+    reason: str
+    agent_id: str | None
+    node_id: str | None
+    at: float
+    error: dict[str, Any] | None = field(default=None)
+
+
+class DeadLetterStore:
+    __slots__ = ("_entries", "_telemetry", "by_reason", "evicted", "limit", "total")
+
+    def __init__(self, telemetry: Telemetry, limit: int = 10_000) -> None:
+        if limit < 1:
+            raise ValueError("dead letter limit must be at least 1")
+        self.limit = limit
+        self._entries: deque[DeadLetter] = deque(maxlen=limit)
+        self._telemetry = telemetry
+        self.total = 0
+        self.evicted = 0
+        self.by_reason: Counter[str] = Counter()
+
+    def add(self, letter: DeadLetter) -> None:
+        if len(self._entries) == self.limit:
+            self.evicted += 1
+        self._entries.append(letter)
+        self.total += 1
+        self.by_reason[letter.reason] += 1
+        if self._telemetry.enabled:
+            self._telemetry.emit(
+                _EVENT,
+                {"count": 1},
+                {
+                    "reason": letter.reason,
+                    "agent_id": letter.agent_id,
+                    "node_id": letter.node_id,
+                    "signal_id": letter.signal.id,
+                    "signal_type": letter.signal.type,
+                    "error": letter.error,
+                },
+            )
+
+    def list(self, reason: str | None = None, limit: int | None = None) -> list[DeadLetter]:
+        entries = [e for e in self._entries if reason is None or e.reason == reason]
+        return entries if limit is None else entries[-limit:]
+
+    def __len__(self) -> int:
+        return len(self._entries)
