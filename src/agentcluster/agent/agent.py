@@ -88,10 +88,25 @@ class _Compiled:
         self.has_before = self.has_after = self.has_error = False
 
 
+_set = object.__setattr__
+
+
+def _shallow_copy(model: BaseModel) -> BaseModel:
+    # What BaseModel.__copy__ does, without its generality: this runs on every change.
+    new = model.__class__.__new__(model.__class__)
+    _set(new, "__dict__", model.__dict__.copy())
+    _set(new, "__pydantic_fields_set__", model.__pydantic_fields_set__.copy())
+    extra = model.__pydantic_extra__
+    _set(new, "__pydantic_extra__", None if extra is None else extra.copy())
+    private = model.__pydantic_private__
+    _set(new, "__pydantic_private__", None if private is None else private.copy())
+    return new
+
+
 def apply_changes(model: BaseModel, changes: Mapping[str, Any], label: str) -> BaseModel:
     """A copy of ``model`` with ``changes`` validated field by field (not the whole model)."""
-    new = model.model_copy()
-    validator = type(model).__pydantic_validator__
+    new = _shallow_copy(model)
+    validator = model.__pydantic_validator__
     try:
         for name, value in changes.items():
             validator.validate_assignment(new, name, value)

@@ -447,16 +447,37 @@ class AgentServer:
             await _maybe_await(agent.on_before_run(action, params, ctx))
         timeout = action.timeout if action.timeout is not None else agent.action_timeout
         policy = action.retry
-        instance = action.instance()
+        instance = action._instance or action.instance()
+        telemetry = self.node.telemetry
+        started = self.node.clock.monotonic() if telemetry.enabled else 0.0
         attempt = 1
         while True:
             ctx.attempt = attempt
             try:
-                if action._is_async:
-                    outcome = await self._guarded(instance.run(params, ctx), ctx, timeout)
-                else:
+                if not action._is_async:
                     outcome = await self._in_thread(instance.run, params, ctx, timeout)
-                result, directives = split_outcome(outcome)
+                elif timeout is None:
+                    outcome = await instance.run(params, ctx)
+                else:
+                    # The watchdog of _guarded, inlined: this is the hot path.
+                    loop = self._loop
+                    assert loop is not None
+                    due = self._action_deadline = loop.time() + timeout
+                    if self._watchdog is None:
+                        self._watchdog = loop.call_at(due, self._on_watchdog)
+                    try:
+                        outcome = await instance.run(params, ctx)
+                    except asyncio.CancelledError:
+                        if self._interrupt is None:
+                            raise
+                        self._interrupted(timeout)
+                    finally:
+                        self._action_deadline = None
+                directives: Sequence[Directive]
+                if type(outcome) is tuple and len(outcome) == 2 and type(outcome[1]) is SetState:
+                    result, directives = outcome[0], (outcome[1],)
+                else:
+                    result, directives = split_outcome(outcome)
                 if action.Result is not None:
                     result = action.validate_result(result)
                 break
@@ -482,12 +503,12 @@ class AgentServer:
                 attempt += 1
         if compiled.has_after:
             await _maybe_await(agent.on_after_run(action, result, ctx))
-        await self._apply(directives, ctx, action.name)
-        telemetry = self.node.telemetry
+        if directives:
+            await self._apply(directives, ctx, action.name)
         if telemetry.enabled:
             telemetry.emit(
                 ("agentcluster", "action", "completed"),
-                {"attempts": attempt},
+                {"duration": self.node.clock.monotonic() - started, "attempts": attempt},
                 {"agent_id": self.id, "action": action.name, "node_id": self.node.node_id},
             )
         return result
@@ -533,20 +554,24 @@ class AgentServer:
         try:
             return await awaitable
         except asyncio.CancelledError:
-            reason = self._interrupt
-            if reason is None:
+            if self._interrupt is None:
                 raise
-            self._interrupt = None
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            if reason == "timeout":
-                raise ActionTimeout(
-                    f"action timed out after {timeout}s in agent {self.id!r}", agent_id=self.id
-                ) from None
-            raise _Interrupted(reason) from None
+            self._interrupted(timeout)
         finally:
             self._action_deadline = None
+
+    def _interrupted(self, timeout: float) -> NoReturn:
+        """Turn the watchdog's or an abandoning caller's cancellation into an error."""
+        reason = self._interrupt
+        self._interrupt = None
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        if reason == "timeout":
+            raise ActionTimeout(
+                f"action timed out after {timeout}s in agent {self.id!r}", agent_id=self.id
+            ) from None
+        raise _Interrupted(reason) from None
 
     def _on_watchdog(self) -> None:
         self._watchdog = None
@@ -598,9 +623,12 @@ class AgentServer:
     # --- directives -----------------------------------------------------------------
 
     async def _apply(self, directives: Sequence[Directive], ctx: Context, label: str) -> None:
-        if not directives:
-            return
         agent = self.agent
+        if len(directives) == 1:
+            only = directives[0]
+            if type(only) is SetState and only.namespace is None:
+                agent.state = apply_changes(agent.state, only.changes, label)
+                return
         # State changes are validated all together before anything happens, so a bad
         # change fails the whole action and nothing of it is applied.
         new_state = None

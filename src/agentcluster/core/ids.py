@@ -25,8 +25,6 @@ __all__ = [
     "set_default_id_source",
 ]
 
-_VERSION_BITS = 0x7 << 76
-_VARIANT_BITS = 0b10 << 62
 _SEQ_MAX = 0xFFF
 _V7 = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-7[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}"
@@ -36,7 +34,7 @@ _V7 = re.compile(
 class UuidV7Source:
     """A callable that returns a new id string on each call."""
 
-    __slots__ = ("_getrandbits", "_last_ms", "_now_ms", "_seq")
+    __slots__ = ("_getrandbits", "_last_ms", "_now_ms", "_prefix", "_seq")
 
     def __init__(self, now_ms: Callable[[], int], rng: random.Random | None = None) -> None:
         self._now_ms = now_ms
@@ -44,32 +42,38 @@ class UuidV7Source:
         self._getrandbits = generator.getrandbits
         self._last_ms = -1
         self._seq = 0
+        self._prefix = ""
 
     @classmethod
     def seeded(cls, seed: str, now_ms: Callable[[], int], incarnation: int = 0) -> UuidV7Source:
         """A reproducible source; ``incarnation`` keeps a restarted node's ids distinct."""
         return cls(now_ms, random.Random(f"{seed}/{incarnation}"))
 
+    def _set_ms(self, ms: int) -> None:
+        # The first two groups and the version nibble depend only on the millisecond,
+        # so they are formatted once per millisecond rather than once per id.
+        self._last_ms = ms
+        h = f"{ms & 0xFFFFFFFFFFFF:012x}"
+        self._prefix = f"{h[:8]}-{h[8:]}-7"
+
     def __call__(self) -> str:
         ms = self._now_ms()
         if ms > self._last_ms:
-            self._last_ms = ms
-            self._seq = self._getrandbits(10)
+            self._set_ms(ms)
+            seq = self._seq = self._getrandbits(10)
         else:
             seq = self._seq + 1
             if seq > _SEQ_MAX:
-                self._last_ms += 1
+                self._set_ms(self._last_ms + 1)
                 seq = 0
             self._seq = seq
-        value = (
-            (self._last_ms << 80)
-            | _VERSION_BITS
-            | (self._seq << 64)
-            | _VARIANT_BITS
-            | self._getrandbits(62)
+        r = self._getrandbits(62)
+        return "%s%03x-%04x-%012x" % (  # noqa: UP031 - one format call is the fast path
+            self._prefix,
+            seq,
+            0x8000 | (r >> 48),
+            r & 0xFFFFFFFFFFFF,
         )
-        h = f"{value:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 IdSource = Callable[[], str]
