@@ -477,6 +477,10 @@ class LocalNode:
 
     async def cast(self, target: Target, signal: Signal) -> None:
         """At most once: into the mailbox, waiting for room up to the deadline."""
+        if type(target) is str:
+            server = self._agents.get(target)
+            if server is not None and server.alive and server.offer(signal):
+                return
         for server in self._resolve(target, signal):
             if server.offer(signal):
                 continue

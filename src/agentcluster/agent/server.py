@@ -283,6 +283,7 @@ class AgentServer:
                 if self._stop_reason is not None:
                     break
                 pending = self._pending
+                item: Any
                 if pending:
                     item = pending.popleft()
                 elif mailbox:
@@ -302,7 +303,10 @@ class AgentServer:
                     continue
                 self._current = item
                 try:
-                    await self._handle(item)
+                    if type(item) is Signal:
+                        await self._handle_signal(item, None)
+                    else:
+                        await self._handle(item)
                 except _Crash as crash:
                     self._current = None
                     if not await self._crashed(crash.error):
@@ -359,9 +363,27 @@ class AgentServer:
             )
             return
         first = True
+        agent = self.agent
         for entry in entries:
             try:
-                result = await self._run_entry(entry, signal, signal.data, call if first else None)
+                if entry.is_action:
+                    # _run_entry's action branch, inlined: one coroutine frame less.
+                    ns = entry.namespace
+                    ctx = Context(
+                        agent,
+                        agent.state if ns is None else agent.skill_states[ns],
+                        signal,
+                        entry.target,  # type: ignore[arg-type]
+                        ns,
+                        node,
+                    )
+                    if first and call is not None:
+                        call.ctx = ctx
+                    result = await self._run_action(entry.target, signal.data, ctx)  # type: ignore[arg-type]
+                else:
+                    result = await self._run_entry(
+                        entry, signal, signal.data, call if first else None
+                    )
             except _Crash:
                 raise
             except AgentClusterError as error:
