@@ -31,6 +31,7 @@ log line or a retry loop needs (``agent_id``, ``node_id``, ``retryable``) and a
     │   └── AgentStopped                the agent stopped before the signal ran
     ├── ActionError                     user code ran and failed
     │   ├── ActionFailed                carries the remote error's type and message
+    │   │   └── AgentCrashed            the action crashed its agent (it was restarted)
     │   └── ActionTimeout               the action overran its timeout
     └── AgentError
         ├── RestoreFailed               a snapshot cannot be restored; never a silent reset
@@ -263,6 +264,12 @@ class ActionFailed(ActionError):
         self.action = action
         self.error_type = error_type
         self.error_message = message
+
+
+class AgentCrashed(ActionFailed):
+    """The action raised an error that crashes its agent; the supervisor took over."""
+
+    reason = "crashed"
 
 
 class ActionTimeout(ActionError, TimeoutError):

@@ -15,14 +15,17 @@ starting from a fresh state — when that is impossible.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agentcluster.agent.action import Action, _errors
+from agentcluster.agent.sensor import Sensor
+from agentcluster.agent.skill import Skill
 from agentcluster.core.routes import Router
 from agentcluster.errors import (
     ActionValidationError,
@@ -30,10 +33,6 @@ from agentcluster.errors import (
     RestoreFailed,
     SkillMountError,
 )
-
-if TYPE_CHECKING:
-    from agentcluster.agent.sensor import Sensor
-    from agentcluster.agent.skill import Skill
 
 __all__ = ["Agent", "AgentState", "RouteEntry", "apply_changes"]
 
@@ -141,6 +140,11 @@ class Agent:
 
     def __init__(self, id: str, state: BaseModel | None = None) -> None:
         self.id = id
+        if state is not None and not isinstance(state, self.State):
+            raise ConfigurationError(
+                f"{type(self).__name__} needs a {self.State.__name__} state, "
+                f"not {type(state).__name__}"
+            )
         self.state: BaseModel = state if state is not None else self.State()
         compiled = self._compiled
         self.skill_states: dict[str, BaseModel] = (
@@ -209,10 +213,22 @@ class Agent:
                 f"agent {self.id!r} already has an action named {action.name!r}"
             )
         self._own_tables()
+        compiled = self._compiled
+        namespace = (
+            compiled.namespaces.get(action.name)
+            if compiled.actions.get(action.name) is action
+            else None
+        )
         self._actions[action.name] = action
-        self._namespaces.setdefault(action.name, None)
+        self._namespaces[action.name] = namespace
         if pattern is not None:
-            self._router.add(pattern, RouteEntry(action, None, True, action.name), priority)
+            entry = RouteEntry(action, namespace, True, action.name)
+            # Registering again (a retried or repeated "learn") must not route twice.
+            if not any(
+                r.pattern == pattern and r.target == entry and r.priority == priority
+                for r in self._router.routes()
+            ):
+                self._router.add(pattern, entry, priority)
 
     def remove_action(self, action: type[Action] | str) -> bool:
         name = action if isinstance(action, str) else action.name
@@ -221,6 +237,7 @@ class Agent:
             return False
         self._own_tables()
         del self._actions[name]
+        self._namespaces.pop(name, None)
         for route in self._router.routes():
             if route.target.is_action and route.target.target is target:
                 self._router.remove(route.pattern, route.target)
@@ -248,7 +265,7 @@ class Agent:
                 {
                     "key": entry.key,
                     "action": entry.action,
-                    "params": entry.params,
+                    "params": copy.deepcopy(entry.params),
                     "due_in_ms": max(0, round(remaining * 1000)),
                     "every_ms": None if entry.every is None else round(entry.every * 1000),
                 }
@@ -258,12 +275,11 @@ class Agent:
             "id": self.id,
             "schema_version": self.schema_version,
             "state": self.state.model_dump(mode="json"),
+            "skills": {
+                name: model.model_dump(mode="json") for name, model in self.skill_states.items()
+            },
             "schedules": schedules,
         }
-        if self.skill_states:
-            snap["skills"] = {
-                name: model.model_dump(mode="json") for name, model in self.skill_states.items()
-            }
         return snap
 
     @classmethod
@@ -281,10 +297,14 @@ class Agent:
     def restore(cls, snapshot: Mapping[str, Any], now: float = 0.0) -> Agent:
         """Rebuild an agent from ``snapshot``; raises RestoreFailed, never resets."""
         try:
-            data = dict(snapshot)
+            if not isinstance(snapshot, Mapping):
+                raise RestoreFailed(f"a snapshot is a mapping, not {type(snapshot).__name__}")
+            # A deep copy: ``migrate`` may edit what it is given, and the caller's snapshot
+            # must survive a failed restore intact (to retry it, or to restore it elsewhere).
+            data = copy.deepcopy(dict(snapshot))
             agent_id = data["id"]
             version = data.get("schema_version")
-            if not isinstance(version, int):
+            if isinstance(version, bool) or not isinstance(version, int):
                 raise RestoreFailed(f"snapshot has no integer schema_version: {version!r}")
             if version > cls.schema_version:
                 raise RestoreFailed(
@@ -292,7 +312,15 @@ class Agent:
                     f"{cls.__name__}.schema_version {cls.schema_version}"
                 )
             if version < cls.schema_version:
-                data = cls.migrate(version, data)
+                try:
+                    data = cls.migrate(version, data)
+                except RestoreFailed:
+                    raise
+                except Exception as exc:
+                    raise RestoreFailed(
+                        f"{cls.__name__}.migrate from schema version {version} failed: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
                 if not isinstance(data, dict):
                     raise RestoreFailed(f"{cls.__name__}.migrate returned {type(data).__name__}")
             state = cls.State.model_validate(data["state"])
@@ -374,23 +402,39 @@ def _compile(cls: type[Agent]) -> _Compiled:
                 if isinstance(target, type) and issubclass(target, Action):
                     add_action(target, namespace, who)
                     entry = RouteEntry(target, namespace, True, target.name)
-                elif isinstance(target, str) or callable(target):
-                    label = target if isinstance(target, str) else _callable_name(target)
-                    entry = RouteEntry(target, namespace, False, label)
+                elif isinstance(target, str):
+                    if not callable(getattr(cls, target, None)):
+                        raise ConfigurationError(
+                            f"{who}: route {pattern!r} leads to {target!r}, which is not a "
+                            f"method of {cls.__name__}"
+                        )
+                    entry = RouteEntry(target, namespace, False, target)
+                elif callable(target) and not isinstance(target, type | str):
+                    entry = RouteEntry(target, namespace, False, _callable_name(target))
                 else:
                     raise ConfigurationError(
                         f"{who}: route {pattern!r} leads to {target!r}, which is neither an "
-                        "Action subclass, a method name nor a callable"
+                        "Action subclass, a method name of the agent nor a function"
                     )
                 compiled.router.add(pattern, entry, priority)
+
+    for attr in ("actions", "capabilities", "skills", "sensors"):
+        _check_sequence(getattr(cls, attr), f"{cls.__name__}.{attr}")
+    if not isinstance(cls.routes, Mapping):
+        raise ConfigurationError(f"{cls.__name__}.routes must be a mapping of pattern to target")
+    for cap in cls.capabilities:
+        if not isinstance(cap, str) or not cap:
+            raise ConfigurationError(f"{cls.__name__}: capability {cap!r} is not a non-empty str")
 
     for action in cls.actions:
         add_action(action, None, cls.__name__)
     add_routes(cls.routes, None, cls.__name__)
-    sensors: list[Sensor] = list(cls.sensors)
+    sensors: list[Sensor] = _sensors(cls.sensors, cls.__name__)
 
     skill_names: set[str] = set()
     for skill in cls.skills:
+        if not (isinstance(skill, type) and issubclass(skill, Skill)):
+            raise ConfigurationError(f"{cls.__name__}: {skill!r} is not a Skill subclass")
         name = getattr(skill, "name", None)
         if not isinstance(name, str) or not name:
             raise SkillMountError(f"{cls.__name__}: skill {skill!r} has no name")
@@ -408,9 +452,27 @@ def _compile(cls: type[Agent]) -> _Compiled:
         for action in skill.actions:
             add_action(action, namespace, who)
         add_routes(skill.routes, namespace, who)
-        sensors.extend(skill.sensors)
+        sensors.extend(_sensors(skill.sensors, who))
     compiled.sensors = tuple(sensors)
     return compiled
+
+
+def _check_sequence(value: Any, what: str) -> None:
+    # A bare class or string would be iterated item by item (``capabilities = "search"``
+    # would declare six one-letter capabilities), so only lists and tuples are accepted.
+    if not isinstance(value, list | tuple):
+        raise ConfigurationError(f"{what} must be a list or tuple, got {value!r}")
+
+
+def _sensors(declared: Sequence[Any], who: str) -> list[Sensor]:
+    out = []
+    for sensor in declared:
+        if not isinstance(sensor, Sensor):
+            raise ConfigurationError(
+                f"{who}: {sensor!r} is not a Sensor instance (declare e.g. IntervalSensor(1.0))"
+            )
+        out.append(sensor)
+    return out
 
 
 def _route_targets(value: Any, who: str, pattern: str) -> list[tuple[Any, int]]:

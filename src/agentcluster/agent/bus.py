@@ -6,10 +6,15 @@ into that agent's mailbox). Every published signal gets an offset and is kept in
 journal of bounded size, so a late subscriber can ``replay`` what it missed — and is told
 with ``JournalTruncated`` when what it asks for is no longer there, never given a
 silent gap.
+
+Handlers must be plain functions: a coroutine function is refused at ``subscribe``
+(its coroutine would be created and never awaited); subscribe an agent for async work.
+A subscription removed by an earlier handler of the same publish is not called.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 from collections import deque
@@ -18,7 +23,7 @@ from typing import Any
 
 from agentcluster.core.routes import Router, naive_match, validate_pattern
 from agentcluster.core.signal import Signal
-from agentcluster.errors import JournalTruncated
+from agentcluster.errors import ConfigurationError, JournalTruncated
 
 __all__ = ["SignalBus", "Subscription"]
 
@@ -52,7 +57,7 @@ class SignalBus:
         journal_size: int = 10_000,
     ) -> None:
         if journal_size < 1:
-            raise ValueError("journal_size must be at least 1")
+            raise ConfigurationError(f"journal_size must be at least 1, got {journal_size!r}")
         self._router: Router[Subscription] = Router()
         self._subs: dict[str, Subscription] = {}
         self._ids = itertools.count(1)
@@ -69,7 +74,17 @@ class SignalBus:
         agent_id: str | None = None,
     ) -> Subscription:
         if (handler is None) == (agent_id is None):
-            raise ValueError("subscribe needs exactly one of handler or agent_id")
+            raise ConfigurationError("subscribe needs exactly one of handler or agent_id")
+        if handler is not None:
+            if not callable(handler):
+                raise ConfigurationError(f"a bus handler must be callable, got {handler!r}")
+            if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+                getattr(handler, "__call__", None)  # noqa: B004
+            ):
+                raise ConfigurationError(
+                    f"bus handler {handler!r} is a coroutine function; it would never be "
+                    "awaited. Subscribe an agent (agent_id=...) for async work."
+                )
         validate_pattern(pattern)
         sub = Subscription(f"sub-{next(self._ids)}", pattern, handler, agent_id)
         self._subs[sub.id] = sub
@@ -88,7 +103,10 @@ class SignalBus:
         """Journal the signal and hand it to every matching subscriber; returns its offset."""
         self._offset += 1
         self._journal.append((self._offset, signal))
+        subs = self._subs
         for sub in self._router.match(signal.type):
+            if subs.get(sub.id) is not sub:
+                continue  # unsubscribed by an earlier handler of this publish
             if sub.agent_id is not None:
                 self._deliver_to_agent(sub.agent_id, signal)
                 continue

@@ -89,14 +89,29 @@ class Context:
         target: str | None = None,
         **attrs: Any,
     ) -> Emit:
-        """A signal to send after the action succeeds, caused by the current one."""
+        """A signal to send after the action succeeds, caused by the current one.
+
+        A prebuilt ``Signal`` keeps the causation and correlation it carries; when it has
+        none, they are taken from the signal being handled, as for a type string.
+        """
         if isinstance(signal, str):
             if self.signal is not None:
                 signal = self.signal.caused(signal, data, target=target, **attrs)
             else:
                 signal = Signal(signal, data, target=target, **attrs)
-        elif target is not None:
-            signal = signal.evolve(target=target)
+        else:
+            changes: dict[str, Any] = dict(attrs)
+            if target is not None:
+                changes["target"] = target
+            cause = self.signal
+            if cause is not None and signal.causationid is None:
+                changes["causationid"] = cause.id
+                if signal.correlationid is None:
+                    changes["correlationid"] = cause.correlationid or cause.id
+                if signal.traceparent is None and cause.traceparent is not None:
+                    changes["traceparent"] = cause.traceparent
+            if changes:
+                signal = signal.evolve(**changes)
         if signal.source == "agentcluster":
             signal = signal.evolve(source=f"agentcluster/agents/{self.agent_id}")
         return Emit(signal)

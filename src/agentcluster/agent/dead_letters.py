@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentcluster.core.signal import Signal
+from agentcluster.errors import ConfigurationError
 from agentcluster.telemetry import Telemetry
 
 __all__ = ["DeadLetter", "DeadLetterStore"]
@@ -36,7 +37,7 @@ class DeadLetterStore:
 
     def __init__(self, telemetry: Telemetry, limit: int = 10_000) -> None:
         if limit < 1:
-            raise ValueError("dead letter limit must be at least 1")
+            raise ConfigurationError(f"dead letter limit must be at least 1, got {limit!r}")
         self.limit = limit
         self._entries: deque[DeadLetter] = deque(maxlen=limit)
         self._telemetry = telemetry
@@ -65,8 +66,13 @@ class DeadLetterStore:
             )
 
     def list(self, reason: str | None = None, limit: int | None = None) -> list[DeadLetter]:
+        """Kept dead letters, oldest first; only ``reason``'s, and only the last ``limit``."""
+        if limit is not None and limit < 0:
+            raise ConfigurationError(f"limit must be >= 0, got {limit!r}")
         entries = [e for e in self._entries if reason is None or e.reason == reason]
-        return entries if limit is None else entries[-limit:]
+        if limit is None:
+            return entries
+        return entries[max(0, len(entries) - limit) :]
 
     def __len__(self) -> int:
         return len(self._entries)

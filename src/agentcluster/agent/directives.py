@@ -9,9 +9,12 @@ later lets a persistent agent release effects only after its snapshot commits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from agentcluster.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from agentcluster.agent.action import Action
@@ -37,6 +40,10 @@ class Directive:
     """Base of every directive; only the runtime interprets them."""
 
     __slots__ = ()
+
+
+def _is_seconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,14 @@ class Schedule(Directive):
     after: float = 0.0
     every: float | None = None
     key: str | None = None
+
+    def __post_init__(self) -> None:
+        # Refused when built, inside the action, so a bad schedule fails the action
+        # before any of its directives (its state change included) is applied.
+        if not _is_seconds(self.after) or self.after < 0:
+            raise ConfigurationError(f"schedule needs a finite after >= 0, got {self.after!r}")
+        if self.every is not None and (not _is_seconds(self.every) or self.every <= 0):
+            raise ConfigurationError(f"schedule needs a finite every > 0, got {self.every!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,7 @@ __all__ = ["AgentInfo", "Capability", "ChildSpec", "LocalNode", "Target"]
 log = logging.getLogger("agentcluster.node")
 
 DEFAULT_CALL_TIMEOUT = 30.0
+_RESTART_TYPES = frozenset(t.value for t in RestartType)
 MAX_CALL_DEPTH = 32
 
 
@@ -209,7 +210,10 @@ class LocalNode:
             raise ConfigurationError(f"{agent!r} is not an Agent subclass")
         if state is not None and snapshot is not None:
             raise ConfigurationError("start_agent takes state or snapshot, not both")
-        restart_type = RestartType(restart)
+        if restart not in _RESTART_TYPES:
+            raise ConfigurationError(
+                f"unknown restart type {restart!r}; use one of {sorted(_RESTART_TYPES)}"
+            )
         if id is None:
             id = snapshot["id"] if snapshot is not None else self.new_id()
         elif not isinstance(id, str) or not id:
@@ -257,14 +261,14 @@ class LocalNode:
                 owner_sup = _parent.children = Supervisor(
                     self, f"{_parent.id}/children", owner=_parent
                 )
-            owner_sup.add(server, restart_type)
+            owner_sup.add(server, restart)
         elif supervisor is not None:
             sup = self._supervisors.get(supervisor)
             if sup is None:
                 raise ConfigurationError(f"no supervisor {supervisor!r} on node {self.node_id!r}")
-            sup.add(server, restart_type)
+            sup.add(server, restart)
         else:
-            self.root.add(server, restart_type, max_restarts=max_restarts, period=restart_period)
+            self.root.add(server, restart, max_restarts=max_restarts, period=restart_period)
         self._agents[id] = server
         for cap in caps:
             holders = self._by_capability.get(cap)

@@ -58,6 +58,7 @@ from agentcluster.errors import (
     ActionTimeout,
     ActionValidationError,
     AgentClusterError,
+    AgentCrashed,
     AgentStopped,
     ConfigurationError,
     DeliveryError,
@@ -73,6 +74,8 @@ if TYPE_CHECKING:
 __all__ = ["AgentServer"]
 
 log = logging.getLogger("agentcluster.agent")
+
+_NEVER = float("inf")
 
 HIBERNATE_AFTER = 30.0
 """Seconds of quiet after which a server's task ends (it restarts on the next signal)."""
@@ -140,6 +143,7 @@ class AgentServer:
         "_task",
         "_waiter",
         "_watchdog",
+        "_watchdog_due",
         "agent",
         "capabilities",
         "children",
@@ -178,6 +182,7 @@ class AgentServer:
         self._busy_signal: Signal | None = None
         self._action_deadline: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_due = _NEVER
         self._interrupt: str | None = None
         self._sensors: list[Sensor] | None = None
 
@@ -258,6 +263,8 @@ class AgentServer:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
+        if self._mailbox is None:
+            self._mailbox = deque()
         self.status = _STATUS_RUNNING
         self._task = loop.create_task(self._serve())
 
@@ -309,6 +316,7 @@ class AgentServer:
                         await self._handle(item)
                 except _Crash as crash:
                     self._current = None
+                    self._fail_crashed_item(item, crash.error)
                     if not await self._crashed(crash.error):
                         return
                 finally:
@@ -408,6 +416,26 @@ class AgentServer:
         except AgentClusterError as error:
             self._fail_action(signal, None, error)
 
+    def _fail_crashed_item(self, item: Any, error: BaseException) -> None:
+        """The item whose action crashed the agent: its caller is told, a cast dead-lettered."""
+        if isinstance(item, _Control):
+            return
+        signal = item if type(item) is Signal else item.signal
+        if signal is None:
+            signal = Signal(f"agentcluster.instruction.{item.action}", item.params)
+        crashed = AgentCrashed(
+            signal.type,
+            type(error).__name__,
+            str(error),
+            agent_id=self.id,
+            node_id=self.node.node_id,
+        )
+        if type(item) is _Call:
+            if not item.future.done():
+                item.future.set_exception(crashed)
+        else:
+            self.node.dead_letter(signal, crashed, self.id)
+
     def _fail_delivery(self, signal: Signal, call: _Call | None, error: DeliveryError) -> None:
         self.node.dead_letter(signal, error, self.id)
         if call is not None and not call.future.done():
@@ -466,7 +494,7 @@ class AgentServer:
             await self._on_error(error, ctx)
             raise
         if compiled.has_before:
-            await _maybe_await(agent.on_before_run(action, params, ctx))
+            await self._hook(agent.on_before_run, action, params, ctx)
         timeout = action.timeout if action.timeout is not None else agent.action_timeout
         policy = action.retry
         instance = action._instance or action.instance()
@@ -478,15 +506,18 @@ class AgentServer:
             try:
                 if not action._is_async:
                     outcome = await self._in_thread(instance.run, params, ctx, timeout)
-                elif timeout is None:
-                    outcome = await instance.run(params, ctx)
                 else:
-                    # The watchdog of _guarded, inlined: this is the hot path.
+                    # The watchdog of _guarded, inlined: this is the hot path. Without a
+                    # timeout the deadline is infinite but still marks "in an action", so
+                    # a caller that gives up can interrupt it.
                     loop = self._loop
                     assert loop is not None
-                    due = self._action_deadline = loop.time() + timeout
-                    if self._watchdog is None:
-                        self._watchdog = loop.call_at(due, self._on_watchdog)
+                    if timeout is None:
+                        self._action_deadline = _NEVER
+                    else:
+                        due = self._action_deadline = loop.time() + timeout
+                        if due < self._watchdog_due:
+                            self._arm_watchdog(loop, due)
                     try:
                         outcome = await instance.run(params, ctx)
                     except asyncio.CancelledError:
@@ -524,7 +555,7 @@ class AgentServer:
                 await asyncio.sleep(delay)
                 attempt += 1
         if compiled.has_after:
-            await _maybe_await(agent.on_after_run(action, result, ctx))
+            await self._hook(agent.on_after_run, action, result, ctx)
         if directives:
             await self._apply(directives, ctx, action.name)
         if telemetry.enabled:
@@ -534,6 +565,20 @@ class AgentServer:
                 {"agent_id": self.id, "action": action.name, "node_id": self.node.node_id},
             )
         return result
+
+    async def _hook(self, hook: Any, action: type[Action], value: Any, ctx: Context) -> None:
+        """on_before_run / on_after_run: raising fails the action, which changes nothing."""
+        try:
+            await _maybe_await(hook(action, value, ctx))
+        except (asyncio.CancelledError, _Crash):
+            raise
+        except Exception as error:
+            await self._on_error(error, ctx)
+            if self.agent.crash_on and isinstance(error, self.agent.crash_on):
+                raise _Crash(error) from error
+            if isinstance(error, AgentClusterError):
+                raise
+            raise _action_failed(f"{action.name} ({hook.__name__})", error, self) from error
 
     async def _final_failure(
         self, action: type[Action], params: Any, ctx: Context, error: Exception
@@ -567,12 +612,13 @@ class AgentServer:
 
     async def _guarded(self, awaitable: Any, ctx: Context, timeout: float | None) -> Any:
         """Await an action's coroutine under the watchdog."""
-        if timeout is None:
-            return await awaitable
         loop = self._loop or asyncio.get_running_loop()
-        self._action_deadline = loop.time() + timeout
-        if self._watchdog is None:
-            self._watchdog = loop.call_at(self._action_deadline, self._on_watchdog)
+        if timeout is None:
+            self._action_deadline = _NEVER
+        else:
+            due = self._action_deadline = loop.time() + timeout
+            if due < self._watchdog_due:
+                self._arm_watchdog(loop, due)
         try:
             return await awaitable
         except asyncio.CancelledError:
@@ -582,7 +628,7 @@ class AgentServer:
         finally:
             self._action_deadline = None
 
-    def _interrupted(self, timeout: float) -> NoReturn:
+    def _interrupted(self, timeout: float | None) -> NoReturn:
         """Turn the watchdog's or an abandoning caller's cancellation into an error."""
         reason = self._interrupt
         self._interrupt = None
@@ -595,10 +641,17 @@ class AgentServer:
             ) from None
         raise _Interrupted(reason) from None
 
+    def _arm_watchdog(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watchdog_due = due
+        self._watchdog = loop.call_at(due, self._on_watchdog)
+
     def _on_watchdog(self) -> None:
         self._watchdog = None
+        self._watchdog_due = _NEVER
         deadline = self._action_deadline
-        if deadline is None:
+        if deadline is None or deadline == _NEVER:
             return
         loop = self._loop
         assert loop is not None
@@ -610,7 +663,7 @@ class AgentServer:
                 self._interrupt = "timeout"
                 self._task.cancel()
         else:
-            self._watchdog = loop.call_at(deadline, self._on_watchdog)
+            self._arm_watchdog(loop, deadline)
 
     async def _in_thread(self, fn: Any, params: Any, ctx: Context, timeout: float | None) -> Any:
         """Run a synchronous action in the worker pool; never let two overlap."""
@@ -618,7 +671,10 @@ class AgentServer:
         future = asyncio.wrap_future(self.node.worker_pool.submit(fn, params, ctx), loop=loop)
         done, _ = await asyncio.wait((future,), timeout=timeout)
         if done:
-            return future.result()
+            result = future.result()
+            if ctx._cancelled:
+                raise _Interrupted("abandoned")  # the caller gave up: the late result is void
+            return result
         ctx._cancelled = True
         error = ActionTimeout(
             f"synchronous action timed out after {timeout}s in agent {self.id!r}",
@@ -824,10 +880,13 @@ class AgentServer:
         """Hand a crash to the supervisor; True when the agent carries on."""
         self.node._crashed(self, error)
         supervisor = self.supervisor
-        if supervisor is None:
-            await self._finish("crash", failed=True)
-            return False
-        return await supervisor.child_exited(self.id, ExitKind.CRASH, error)
+        carry_on = False
+        if supervisor is not None:
+            carry_on = await supervisor.child_exited(self.id, ExitKind.CRASH, error)
+        if not carry_on and self.status not in (_STATUS_STOPPED, _STATUS_FAILED):
+            # Not restarted (a temporary agent, or no supervisor): it is gone for good.
+            await self._finish("crash", failed=supervisor is None)
+        return carry_on
 
     def request_control(self, kind: str, error: BaseException | None = None) -> None:
         """Restart (or crash) between two signals, ahead of anything queued."""
@@ -875,6 +934,15 @@ class AgentServer:
             await self.children.shutdown()
         await self._deactivate(reason)
         self.status = _STATUS_FAILED if failed else _STATUS_STOPPED
+        # An agent that stopped itself: a permanent one comes back (OTP semantics), with
+        # its mailbox intact; anything else leaves its supervisor.
+        if (
+            reason == "normal"
+            and self.supervisor is not None
+            and not failed
+            and await self.supervisor.child_exited(self.id, ExitKind.NORMAL, None)
+        ):
+            return
         error = AgentStopped(f"agent {self.id!r} stopped ({reason})", agent_id=self.id)
         for source in (self._pending or (), self._mailbox or ()):
             for item in source:
@@ -897,8 +965,6 @@ class AgentServer:
         self.node._stopped(self, reason, failed)
         if self._stop_reason is None:
             self._stop_reason = reason
-        if reason == "normal" and self.supervisor is not None and not failed:
-            await self.supervisor.child_exited(self.id, ExitKind.NORMAL, None)
 
     def __repr__(self) -> str:
         return f"<AgentServer {self.id!r} {self.status} depth={self.mailbox_depth}>"

@@ -42,6 +42,11 @@ class Skill:
                 f"skill {cls.__name__} needs a name of lowercase letters, digits and '_' "
                 f"(got {cls.name!r})"
             )
+        for attr in ("actions", "sensors"):
+            if not isinstance(getattr(cls, attr), list | tuple):
+                raise ConfigurationError(f"skill {cls.name!r}: {attr} must be a list or tuple")
+        if not isinstance(cls.routes, Mapping):
+            raise ConfigurationError(f"skill {cls.name!r}: routes must be a mapping")
         if cls.State is not None and not (
             isinstance(cls.State, type) and issubclass(cls.State, BaseModel)
         ):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agentcluster.core.supervision import (
     ExitKind,
@@ -26,7 +26,7 @@ from agentcluster.core.supervision import (
     Strategy,
     plan_restart,
 )
-from agentcluster.errors import RestartLimitExceeded
+from agentcluster.errors import ConfigurationError, RestartLimitExceeded
 
 if TYPE_CHECKING:
     from agentcluster.agent.node import LocalNode
@@ -35,6 +35,14 @@ if TYPE_CHECKING:
 __all__ = ["Supervisor"]
 
 log = logging.getLogger("agentcluster.supervisor")
+
+
+def _enum(kind: type[Any], value: object, what: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in kind)
+        raise ConfigurationError(f"unknown {what} {value!r}; use one of {allowed}") from None
 
 
 @dataclass(slots=True)
@@ -59,7 +67,7 @@ class Supervisor:
     ) -> None:
         self.node = node
         self.id = id
-        self.strategy = Strategy(strategy)
+        self.strategy = _enum(Strategy, strategy, "supervisor strategy")
         self.max_restarts = max_restarts
         self.period = period
         self.per_child = per_child
@@ -83,7 +91,9 @@ class Supervisor:
                 self.max_restarts if max_restarts is None else max_restarts,
                 self.period if period is None else period,
             )
-        self._children[server.id] = _Child(server, RestartType(restart), intensity)
+        self._children[server.id] = _Child(
+            server, _enum(RestartType, restart, "restart type"), intensity
+        )
         server.supervisor = self
 
     def remove(self, child_id: str) -> None:
