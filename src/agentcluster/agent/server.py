@@ -59,6 +59,7 @@ from agentcluster.errors import (
     ActionValidationError,
     AgentClusterError,
     AgentCrashed,
+    AgentExists,
     AgentStopped,
     ConfigurationError,
     DeliveryError,
@@ -137,6 +138,7 @@ class AgentServer:
         "_loop",
         "_mailbox",
         "_pending",
+        "_running",
         "_sensors",
         "_space_waiters",
         "_stop_reason",
@@ -183,6 +185,7 @@ class AgentServer:
         self._action_deadline: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_due = _NEVER
+        self._running: Context | None = None
         self._interrupt: str | None = None
         self._sensors: list[Sensor] | None = None
 
@@ -501,6 +504,7 @@ class AgentServer:
         telemetry = self.node.telemetry
         started = self.node.clock.monotonic() if telemetry.enabled else 0.0
         attempt = 1
+        self._running = ctx
         while True:
             ctx.attempt = attempt
             try:
@@ -557,7 +561,11 @@ class AgentServer:
         if compiled.has_after:
             await self._hook(agent.on_after_run, action, result, ctx)
         if directives:
-            await self._apply(directives, ctx, action.name)
+            try:
+                await self._apply(directives, ctx, action.name)
+            except AgentClusterError as error:
+                await self._on_error(error, ctx)
+                raise
         if telemetry.enabled:
             telemetry.emit(
                 ("agentcluster", "action", "completed"),
@@ -657,9 +665,9 @@ class AgentServer:
         assert loop is not None
         if loop.time() >= deadline:
             if self._interrupt is None and self._task is not None:
-                current = self._current
-                if type(current) is _Call and current.ctx is not None:
-                    current.ctx._cancelled = True
+                ctx = self._running
+                if ctx is not None:
+                    ctx._cancelled = True
                 self._interrupt = "timeout"
                 self._task.cancel()
         else:
@@ -721,8 +729,8 @@ class AgentServer:
                     new_skills[ns] = apply_changes(base, d.changes, label)
             elif not isinstance(d, Directive):
                 raise ConfigurationError(f"{label} returned {d!r}, which is not a directive")
-            elif isinstance(d, Enqueue | Schedule):
-                self._resolve_action(d.action, label)
+            else:
+                self._check(d, label)
         if new_state is not None:
             agent.state = new_state
         if new_skills:
@@ -755,6 +763,31 @@ class AgentServer:
                 agent.remove_action(d.action)  # type: ignore[attr-defined]
             elif kind is Stop:
                 self._stop_reason = d.reason  # type: ignore[attr-defined]
+
+    def _check(self, d: Directive, label: str) -> None:
+        """Refuse, before anything is applied, a directive that cannot be carried out."""
+        node = self.node
+        if isinstance(d, Enqueue | Schedule):
+            self._resolve_action(d.action, label)
+        elif isinstance(d, StopChild):
+            child = node._agents.get(d.id)
+            if child is None or child.parent_id != self.id:
+                raise ConfigurationError(f"{label}: agent {self.id!r} has no child {d.id!r}")
+        elif isinstance(d, Spawn):
+            if d.id is not None:
+                holder = node._agents.get(d.id)
+                if holder is not None and holder.alive and holder.parent_id != self.id:
+                    raise AgentExists(
+                        f"{label}: cannot spawn {d.id!r}: another agent holds that id",
+                        agent_id=d.id,
+                        node_id=node.node_id,
+                    )
+        elif isinstance(d, RegisterAction):
+            existing = self.agent.action_named(d.action.name)
+            if existing is not None and existing is not d.action:
+                raise ConfigurationError(
+                    f"{label}: agent {self.id!r} already has an action named {d.action.name!r}"
+                )
 
     def _resolve_action(self, action: type[Action] | str, label: str) -> str:
         name = action if isinstance(action, str) else action.name
