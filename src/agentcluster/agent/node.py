@@ -564,6 +564,10 @@ class LocalNode:
             timer.cancel()
 
     async def _call_inline(self, server: AgentServer, call: _Call, timeout: float) -> Any:
+        # The nested call runs on the caller's task; the waiting action's watchdog state is
+        # put back afterwards so its own timeout and cancellation still hold. The nested
+        # call is bounded by the call timeout here, not by the agent's watchdog.
+        saved = (server._action_deadline, server._running)
         try:
             async with asyncio.timeout(timeout):
                 await server._handle_signal(call.signal, call)
@@ -574,6 +578,8 @@ class LocalNode:
             )
             self.dead_letter(call.signal, error, server.id)
             raise error from None
+        finally:
+            server._action_deadline, server._running = saved
         return call.future.result()
 
     async def broadcast(self, signal: Signal) -> int:
