@@ -11,6 +11,7 @@ EXPECTED = {
     "ActionValidationError",
     "Agent",
     "AgentClusterError",
+    "AgentCrashed",
     "AgentExists",
     "AgentInfo",
     "AgentNotFound",

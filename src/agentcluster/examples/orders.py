@@ -694,8 +694,10 @@ async def run_demo(orders: int = 3000, seed: int = 7, *, timeout: float = 60.0) 
             f"confirmed {desk.confirmed}, rejected {sum(rejected.values())}",
         ),
         Invariant(
-            "only malformed orders are dead-lettered",
-            dead_letters.get("validation", 0) == malformed and other_letters <= crashes,
+            "dead letters: the malformed orders and the crashed captures only",
+            dead_letters.get("validation", 0) == malformed
+            and dead_letters.get("crashed", 0) == crashes
+            and other_letters == crashes,
             f"{malformed} malformed orders; dead letters {dead_letters}",
         ),
         Invariant(
