@@ -49,7 +49,10 @@ def _enum(kind: type[Any], value: object, what: str) -> Any:
 class _Child:
     server: AgentServer
     restart: RestartType
-    intensity: RestartIntensity | None
+    # Per-child intensity (the node's root supervisor) is created on the first exit only:
+    # most agents never crash, and spawning must stay cheap.
+    limits: tuple[int, float] | None
+    intensity: RestartIntensity | None = None
 
 
 class Supervisor:
@@ -85,14 +88,16 @@ class Supervisor:
         max_restarts: int | None = None,
         period: float | None = None,
     ) -> None:
-        intensity = None
+        limits = None
         if self.per_child:
-            intensity = RestartIntensity(
+            limits = (
                 self.max_restarts if max_restarts is None else max_restarts,
                 self.period if period is None else period,
             )
+            if limits != (self.max_restarts, self.period):
+                RestartIntensity(*limits)  # validates now rather than at the first crash
         self._children[server.id] = _Child(
-            server, _enum(RestartType, restart, "restart type"), intensity
+            server, _enum(RestartType, restart, "restart type"), limits
         )
         server.supervisor = self
 
@@ -115,7 +120,11 @@ class Supervisor:
         child = self._children.get(child_id)
         if child is None:
             return False
-        intensity = child.intensity if child.intensity is not None else self._intensity
+        intensity = self._intensity
+        if child.limits is not None:
+            if child.intensity is None:
+                child.intensity = RestartIntensity(*child.limits)
+            intensity = child.intensity
         if self.per_child:
             order = [(child_id, child.restart)]
         else:
