@@ -111,6 +111,7 @@ class LocalNode:
         seed: str | None = None,
         workers: int | None = None,
         push_timeout: float = 5.0,
+        hibernate_after: float = 30.0,
         dead_letter_limit: int = 10_000,
         journal_size: int = 10_000,
         max_restarts: int = 3,
@@ -131,6 +132,10 @@ class LocalNode:
         if push_timeout <= 0:
             raise ConfigurationError("push_timeout must be positive")
         self.push_timeout = push_timeout
+        if hibernate_after <= 0:
+            raise ConfigurationError("hibernate_after must be positive")
+        # Seconds of quiet after which an agent's task ends; the next signal starts it again.
+        self.hibernate_after = hibernate_after
         self._workers = workers or min(32, (os.cpu_count() or 1) + 4)
         self._pool: ThreadPoolExecutor | None = None
         self.dead_letters = DeadLetterStore(self.telemetry, dead_letter_limit)

@@ -78,8 +78,6 @@ log = logging.getLogger("agentcluster.agent")
 
 _NEVER = float("inf")
 
-HIBERNATE_AFTER = 30.0
-"""Seconds of quiet after which a server's task ends (it restarts on the next signal)."""
 
 _STATUS_IDLE = "idle"
 _STATUS_RUNNING = "running"
@@ -302,7 +300,7 @@ class AgentServer:
                         self._wake_space_waiter()
                 else:
                     waiter = self._waiter = loop.create_future()
-                    timer = loop.call_later(HIBERNATE_AFTER, _hibernate, waiter)
+                    timer = loop.call_later(self.node.hibernate_after, _hibernate, waiter)
                     try:
                         hibernate = await waiter
                     finally:
