@@ -117,6 +117,7 @@ class SignalTooLarge(InvalidSignal):
         super().__init__(f"{what} is {size} bytes encoded; the limit is {limit}")
         self.size = size
         self.limit = limit
+        self.signal_type = signal_type
 
 
 class ActionValidationError(UsageError):

@@ -346,14 +346,17 @@ class LocalNode:
     def _forget(self, server: AgentServer) -> None:
         if self._agents.get(server.id) is server:
             del self._agents[server.id]
+        self._drop_capabilities(server)
+        if server.supervisor is not None:
+            server.supervisor.remove(server.id)
+
+    def _drop_capabilities(self, server: AgentServer) -> None:
         for cap in server.capabilities:
             holders = self._by_capability.get(cap)
             if holders is not None:
                 holders.pop(server.id, None)
                 if not holders:
                     del self._by_capability[cap]
-        if server.supervisor is not None:
-            server.supervisor.remove(server.id)
 
     def _stopped(self, server: AgentServer, reason: str, failed: bool) -> None:
         if not failed:
@@ -389,10 +392,7 @@ class LocalNode:
 
     def _alert_failed(self, server: AgentServer, reason: BaseException) -> None:
         log.error("agent %r failed for good: %s", server.id, reason)
-        for cap in server.capabilities:
-            holders = self._by_capability.get(cap)
-            if holders is not None:
-                holders.pop(server.id, None)
+        self._drop_capabilities(server)
         self.telemetry.emit(
             ("agentcluster", "alert", "raised"),
             {"count": 1},

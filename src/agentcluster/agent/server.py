@@ -372,27 +372,15 @@ class AgentServer:
             )
             return
         first = True
-        agent = self.agent
         for entry in entries:
             try:
+                ctx = self._context(entry, signal)
+                if first and call is not None:
+                    call.ctx = ctx
                 if entry.is_action:
-                    # _run_entry's action branch, inlined: one coroutine frame less.
-                    ns = entry.namespace
-                    ctx = Context(
-                        agent,
-                        agent.state if ns is None else agent.skill_states[ns],
-                        signal,
-                        entry.target,  # type: ignore[arg-type]
-                        ns,
-                        node,
-                    )
-                    if first and call is not None:
-                        call.ctx = ctx
                     result = await self._run_action(entry.target, signal.data, ctx)  # type: ignore[arg-type]
                 else:
-                    result = await self._run_entry(
-                        entry, signal, signal.data, call if first else None
-                    )
+                    result = await self._run_handler(entry, signal, ctx)
             except _Crash:
                 raise
             except AgentClusterError as error:
@@ -413,7 +401,7 @@ class AgentServer:
         entry = RouteEntry(action, self.agent.action_namespace(action), True, action.name)
         signal = item.signal or Signal(f"agentcluster.instruction.{action.name}", item.params)
         try:
-            await self._run_entry(entry, signal, item.params, None)
+            await self._run_action(action, item.params, self._context(entry, signal))
         except AgentClusterError as error:
             self._fail_action(signal, None, error)
 
@@ -451,21 +439,21 @@ class AgentServer:
 
     # --- running one action -------------------------------------------------------
 
-    async def _run_entry(
-        self, entry: RouteEntry, signal: Signal, data: Any, call: _Call | None
-    ) -> Any:
+    def _context(self, entry: RouteEntry, signal: Signal) -> Context:
         agent = self.agent
-        namespace = entry.namespace
-        state = agent.state if namespace is None else agent.skill_states[namespace]
-        if entry.is_action:
-            action: type[Action] = entry.target  # type: ignore[assignment]
-            ctx = Context(agent, state, signal, action, namespace, self.node)
-            if call is not None:
-                call.ctx = ctx
-            return await self._run_action(action, data, ctx)
-        ctx = Context(agent, state, signal, None, namespace, self.node)
-        if call is not None:
-            call.ctx = ctx
+        ns = entry.namespace
+        return Context(
+            agent,
+            agent.state if ns is None else agent.skill_states[ns],
+            signal,
+            entry.target if entry.is_action else None,  # type: ignore[arg-type]
+            ns,
+            self.node,
+        )
+
+    async def _run_handler(self, entry: RouteEntry, signal: Signal, ctx: Context) -> Any:
+        """A route to a plain function or method rather than an Action class."""
+        agent = self.agent
         target = entry.target
         handler: Any = getattr(agent, target) if isinstance(target, str) else target
         try:

@@ -4,8 +4,8 @@ A supervisor holds agent servers in start order. When one exits it asks
 ``plan_restart`` what to do and does it: restart the crashed agent in place (its task,
 mailbox and last good state survive), ask siblings to restart between two of their
 signals, stop the ones the plan stops, and escalate when the restart intensity is
-exceeded — stopping its children and failing upward: to its parent supervisor, to the
-agent that owns it (which then crashes), or to the node (which marks the agent failed and
+exceeded — stopping its children and failing upward: to the agent that owns it (which
+then crashes), or to the node (which marks the agent failed and
 raises a critical alert).
 
 The node's root supervisor counts intensity per child (as Akka's one-for-one strategy
@@ -65,7 +65,6 @@ class Supervisor:
         max_restarts: int = 3,
         period: float = 5.0,
         per_child: bool = False,
-        parent: Supervisor | None = None,
         owner: AgentServer | None = None,
     ) -> None:
         self.node = node
@@ -74,7 +73,6 @@ class Supervisor:
         self.max_restarts = max_restarts
         self.period = period
         self.per_child = per_child
-        self.parent = parent
         self.owner = owner
         self._intensity = RestartIntensity(max_restarts, period)
         self._children: dict[str, _Child] = {}
@@ -185,20 +183,8 @@ class Supervisor:
         await self.shutdown()
         if self.owner is not None:
             self.owner.request_control("crash", reason)
-        elif self.parent is not None:
-            await self.parent._child_supervisor_failed(self, reason)
         else:
             self.node._alert_failed(crashed, reason)
-
-    async def _child_supervisor_failed(self, child: Supervisor, reason: BaseException) -> None:
-        log.error("supervisor %r under %r failed: %s", child.id, self.id, reason)
-        await self._escalate_from_nested(reason)
-
-    async def _escalate_from_nested(self, reason: BaseException) -> None:
-        self.failed = True
-        await self.shutdown()
-        if self.parent is not None:
-            await self.parent._child_supervisor_failed(self, reason)
 
     async def shutdown(self) -> None:
         """Stop every child, newest first."""

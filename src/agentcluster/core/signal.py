@@ -104,7 +104,7 @@ class Signal:
         return new
 
     def created_ms(self) -> int | None:
-        """Creation time in Unix milliseconds, from ``time`` or the UUIDv7 id."""
+        """Creation time in Unix milliseconds, read from the UUIDv7 id (None for other ids)."""
         return _ids.id_timestamp_ms(self.id)
 
     def caused(self, type: str, data: Any = None, **attrs: Any) -> Signal:
