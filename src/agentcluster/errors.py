@@ -19,7 +19,9 @@ log line or a retry loop needs (``agent_id``, ``node_id``, ``retryable``) and a
     │   ├── InvalidRoute                a route pattern cannot be parsed
     │   ├── SkillMountError             a skill clashes with what the agent has
     │   ├── AgentExists                 an id is taken by an agent of another class
-    │   └── JournalTruncated            replay asked for entries the bus journal dropped
+    │   ├── JournalTruncated            replay asked for entries the bus journal dropped
+    │   ├── InvalidName                 a subject, key, bucket or stream name is malformed
+    │   └── PayloadTooLarge             a message or value over the substrate's limit
     ├── DeliveryError                   the signal did not get through
     │   ├── AgentNotFound               no agent with that id (reason "unknown")
     │   ├── MailboxFull                 retryable; the mailbox stayed full
@@ -33,9 +35,18 @@ log line or a retry loop needs (``agent_id``, ``node_id``, ``retryable``) and a
     │   ├── ActionFailed                carries the remote error's type and message
     │   │   └── AgentCrashed            the action crashed its agent (it was restarted)
     │   └── ActionTimeout               the action overran its timeout
-    └── AgentError
-        ├── RestoreFailed               a snapshot cannot be restored; never a silent reset
-        └── RestartLimitExceeded        a supervisor's restart intensity was exceeded
+    ├── AgentError
+    │   ├── RestoreFailed               a snapshot cannot be restored; never a silent reset
+    │   └── RestartLimitExceeded        a supervisor's restart intensity was exceeded
+    └── TransportError                  the substrate (NATS or the memory backend) said no
+        ├── ConnectionClosed            the connection is closed; nothing more goes through it
+        ├── NoResponders                retryable; nobody listens (or a store leader election)
+        ├── RequestTimeout              retryable; no answer in time — a write may have landed
+        ├── KeyExists                   ``create`` found the key present
+        ├── RevisionMismatch            compare-and-set lost: the key is at another revision
+        ├── SubjectFull                 retryable; a per-subject limit with discard=new refused
+        ├── WatchLost                   a watcher dropped updates (slow consumer); rebuild
+        └── SubstrateError              any other refusal; ``code`` carries the server's code
 """
 
 from __future__ import annotations
@@ -299,3 +310,113 @@ class RestartLimitExceeded(AgentError):
     """A supervisor restarted children more often than its intensity allows."""
 
     reason = "restart_limit"
+
+
+# --- the substrate said no ------------------------------------------------------------
+
+
+class TransportError(AgentClusterError):
+    """The substrate refused or failed an operation (translated from nats-py at the edge)."""
+
+    reason = "transport"
+
+
+class InvalidName(UsageError):
+    """A subject, key, bucket or stream name has characters or a shape the substrate refuses.
+
+    User-supplied strings (agent ids, capability names) are encoded with
+    ``agentcluster.transport.names.encode_token`` before they reach a subject; this error
+    means an already-built name was wrong, and ``name`` shows it.
+    """
+
+    reason = "invalid_name"
+
+    def __init__(self, kind: str, name: str, problem: str) -> None:
+        super().__init__(f"invalid {kind} {name!r}: {problem}")
+        self.kind = kind
+        self.name = name
+        self.problem = problem
+
+
+class PayloadTooLarge(UsageError):
+    """A message or value is larger than the substrate accepts (NATS ``max_payload``)."""
+
+    reason = "too_large"
+
+    def __init__(self, size: int, limit: int, *, what: str = "payload") -> None:
+        super().__init__(f"{what} is {size} bytes; the limit is {limit}")
+        self.size = size
+        self.limit = limit
+        self.what = what
+
+
+class ConnectionClosed(TransportError):
+    """The connection was closed (by its owner, or for good by the backend)."""
+
+    reason = "closed"
+
+
+class NoResponders(TransportError):
+    """Nobody listens on the subject — for a store write, a JetStream leader election."""
+
+    reason = "no_responders"
+    default_retryable = True
+
+
+class RequestTimeout(TransportError, TimeoutError):
+    """No answer in time. For a write this is ambiguous: it may still have been applied."""
+
+    reason = "timeout"
+    default_retryable = True
+
+
+class KeyExists(TransportError):
+    """``create`` found the key already present."""
+
+    reason = "key_exists"
+
+    def __init__(self, bucket: str, key: str) -> None:
+        super().__init__(f"key {key!r} already exists in bucket {bucket!r}")
+        self.bucket = bucket
+        self.key = key
+
+
+class RevisionMismatch(TransportError):
+    """A compare-and-set expected one revision and the key is at another."""
+
+    reason = "revision_mismatch"
+
+    def __init__(self, bucket: str, key: str, expected: int) -> None:
+        super().__init__(f"key {key!r} in bucket {bucket!r} is not at revision {expected}")
+        self.bucket = bucket
+        self.key = key
+        self.expected = expected
+
+
+class SubjectFull(TransportError):
+    """A stream subject reached its message limit and the stream discards new messages."""
+
+    reason = "subject_full"
+    default_retryable = True
+
+    def __init__(self, stream: str, subject: str) -> None:
+        super().__init__(f"subject {subject!r} of stream {stream!r} is full")
+        self.stream = stream
+        self.subject = subject
+
+
+class WatchLost(TransportError):
+    """A watcher fell behind and updates were dropped; the watching cache must rebuild."""
+
+    reason = "watch_lost"
+    default_retryable = True
+
+
+class SubstrateError(TransportError):
+    """Any other refusal of the substrate; ``code`` is the server's error code if it gave one."""
+
+    reason = "substrate"
+
+    def __init__(self, message: str, *, code: int | None = None, retryable: bool = False) -> None:
+        super().__init__(message, retryable=retryable)
+        self.code = code
