@@ -199,7 +199,11 @@ class KeyValue(Protocol):
     async def update(
         self, key: str, value: bytes, revision: int, *, timeout: float | None = None
     ) -> int:
-        """Write only if the key's last revision is ``revision``; else ``RevisionMismatch``."""
+        """Write only if the key's last revision is ``revision``; else ``RevisionMismatch``.
+
+        The last revision of a deleted key is its delete entry's; ``revision=0`` expects a
+        key that was never written (or whose history was purged with its bucket).
+        """
         ...
 
     async def delete(
