@@ -36,6 +36,7 @@ from agentcluster.errors import (
     RequestTimeout,
     RevisionMismatch,
     SubjectFull,
+    SubstrateError,
 )
 from agentcluster.testing.waiting import eventually
 from agentcluster.transport.interface import (
@@ -104,6 +105,10 @@ async def _drain(watcher: Watcher, count: int, timeout: float = 5.0) -> list[Ent
         assert entry is not None, f"watch delivered {len(got)} of {count} updates: {got}"
         got.append(entry)
     return got
+
+
+async def _collect(watcher: Watcher) -> list[Entry]:
+    return [entry async for entry in watcher]
 
 
 class TransportConformance:
@@ -486,6 +491,20 @@ class TransportConformance:
         remaining = [e async for e in watcher]
         assert remaining == []
 
+    async def test_closing_the_connection_ends_its_watches_quietly(
+        self, substrate: Substrate
+    ) -> None:
+        conn = await substrate.connect("a")
+        kv = await _kv(substrate, conn)
+        watcher = await kv.watch()
+        await kv.put("k", b"1")
+        first = await watcher.next(3)
+        assert first is not None
+        assert first.key == "k"
+        await conn.close()
+        remaining = await asyncio.wait_for(_collect(watcher), timeout=5)
+        assert remaining == []
+
     async def test_a_bucket_is_shared_by_name(self, substrate: Substrate) -> None:
         a, b = await substrate.connect("a"), await substrate.connect("b")
         config = BucketConfig(name=substrate.unique("shared"), history=1)
@@ -616,6 +635,15 @@ class TransportConformance:
         with pytest.raises(NoResponders):
             await stream.publish(substrate.unique("elsewhere"), b"x", timeout=2)
 
+    async def test_publish_is_pinned_to_its_stream(self, substrate: Substrate) -> None:
+        conn = await substrate.connect("a")
+        mine, _root = await _stream(substrate, conn)
+        other, other_root = await _stream(substrate, conn)
+        with pytest.raises(SubstrateError):
+            await mine.publish(f"{other_root}.x", b"belongs to the other stream")
+        assert (await other.state()).messages == 0
+        assert (await mine.state()).messages == 0
+
     async def test_stream_creation_is_idempotent(self, substrate: Substrate) -> None:
         a, b = await substrate.connect("a"), await substrate.connect("b")
         root = substrate.unique("idem")
@@ -670,6 +698,17 @@ class TransportConformance:
         assert redelivered[0].num_delivered == 2
         await redelivered[0].ack()
         assert await survivor.fetch(1, timeout=0.8) == []
+
+    async def test_settling_a_delivery_twice_changes_nothing(self, substrate: Substrate) -> None:
+        conn = await substrate.connect("a")
+        stream, root = await _stream(substrate, conn)
+        consumer = await stream.consumer(ConsumerConfig(durable="twice", ack_wait=0.3))
+        await stream.publish(f"{root}.x", b"once")
+        (delivery,) = await consumer.fetch(1, timeout=3)
+        await delivery.ack()
+        await delivery.ack()
+        await delivery.nak()
+        assert await consumer.fetch(1, timeout=0.8) == []
 
     async def test_consumer_term_and_max_deliver_stop_redelivery(
         self, substrate: Substrate

@@ -54,6 +54,7 @@ __all__ = [
     "find_nats_server",
     "free_port",
     "free_ports",
+    "running_pids",
 ]
 
 INSTALL_HINT = (
@@ -674,7 +675,7 @@ class NatsCluster:
                     server.spawn()
             self._started_once = True
             try:
-                self.wait_ready(timeout)
+                self.wait_ready(timeout, full_size=True)
                 return self
             except NatsServerError:
                 clash = any(s._port_clash() for s in self.servers)
@@ -684,13 +685,15 @@ class NatsCluster:
                 self._assign_ports()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def wait_ready(self, timeout: float | None = None) -> None:
-        """Until every running server is healthy and all see the same meta leader with
-        the full cluster size. Servers that are down are not waited for."""
+    def wait_ready(self, timeout: float | None = None, *, full_size: bool = False) -> None:
+        """Until every running server is healthy (``/healthz``: JetStream current with the
+        meta leader) and all name the same meta leader. Servers that are down are not
+        waited for. With ``full_size`` (the first start) also until every server's meta
+        group counts all ``size`` servers, i.e. the cluster has formed."""
         limit = self.startup_timeout if timeout is None else timeout
         deadline = _clock.monotonic() + limit
         while True:
-            missing = self._missing()
+            missing = self._missing(full_size)
             if not missing:
                 return
             if _clock.monotonic() >= deadline:
@@ -715,7 +718,7 @@ class NatsCluster:
             views[server.name] = {"meta": meta, "healthy": server.healthy()}
         return views
 
-    def _missing(self) -> str:
+    def _missing(self, full_size: bool) -> str:
         leaders: set[str | None] = set()
         running = 0
         for server in self.servers:
@@ -734,7 +737,7 @@ class NatsCluster:
             why = server._readiness(meta_leader=False)
             if why:
                 return f"{server.name}: {why}"
-            if server.meta_cluster_size() < self.size:
+            if full_size and server.meta_cluster_size() < self.size:
                 return f"{server.name}: meta group smaller than {self.size}"
             leaders.add(server.meta_leader())
         if running == 0:
@@ -790,19 +793,19 @@ class NatsCluster:
         return None
 
     def stream_leader(self, stream: str) -> str | None:
-        """The name of the running server that leads ``stream`` (``KV_<bucket>`` for a
-        key-value bucket), by each server's own report; ``None`` during an election."""
-        for server in self.running:
-            try:
-                detail = server.stream_info(stream)
-            except (OSError, NatsServerError):
-                continue
-            if detail is None:
-                continue
-            leader = (detail.get("cluster") or {}).get("leader")
-            if leader == server.name:
-                return server.name
-        return None
+        """The running server that leads ``stream`` (``KV_<bucket>`` for a key-value
+        bucket): one that reports itself as leader while no other running server names
+        someone else. ``None`` during an election or while views still disagree."""
+        named = {
+            name: view.get("leader") or None for name, view in self.stream_replicas(stream).items()
+        }
+        claimants = [name for name, leader in named.items() if leader == name]
+        if len(claimants) != 1:
+            return None
+        (leader,) = claimants
+        if any(other not in (None, leader) for other in named.values()):
+            return None
+        return leader
 
     def stream_replicas(self, stream: str) -> dict[str, dict[str, Any]]:
         """Each running server's view of ``stream``'s cluster block, by server name."""

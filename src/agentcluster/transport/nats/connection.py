@@ -245,8 +245,9 @@ class NatsConnection:
         self._emit(ConnectionEvent.RECONNECTED)
 
     async def _on_closed(self) -> None:
-        self._closed = True
-        self._stop_watchers()
+        if not self._closed:  # nats-py gave up on the link (not our close)
+            self._closed = True
+            self._stop_watchers(ConnectionClosed(f"connection {self.name!r} was lost for good"))
         self._emit(ConnectionEvent.CLOSED)
 
     async def _on_error(self, exc: Exception) -> None:
@@ -663,9 +664,13 @@ class NatsConnection:
     def _new_inbox(self) -> str:
         return self._nc.new_inbox()
 
-    def _stop_watchers(self) -> None:
+    def _stop_watchers(self, error: ConnectionClosed | None = None) -> None:
+        """End every watch: quietly on ``close``, with ``error`` when the link broke."""
         for watcher in tuple(self._watchers):
-            watcher._halt()
+            if error is None:
+                watcher._halt()
+            else:
+                watcher._fail(error)
         self._watchers.clear()
 
     def __repr__(self) -> str:

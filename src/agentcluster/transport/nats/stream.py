@@ -27,6 +27,7 @@ from agentcluster.transport.names import validate_name, validate_subject
 from agentcluster.transport.nats.translate import CONSUMER_NOT_FOUND, translate
 from agentcluster.transport.nats.wire import (
     API,
+    EXPECTED_STREAM,
     MSG_ID,
     ack_metadata,
     decode_stored,
@@ -70,11 +71,13 @@ class NatsStream:
         timeout: float | None = None,
     ) -> PubAck:
         validate_subject(subject)
-        sent: dict[str, str] | None = dict(headers) if headers else None
+        # Pinning the stream makes a subject that another stream holds fail (10060) instead
+        # of being stored there, as the memory backend does.
+        sent: dict[str, str] = dict(headers) if headers else {}
+        sent[EXPECTED_STREAM] = self._name
         if msg_id is not None:
             if not msg_id or any(c in msg_id for c in "\r\n"):
                 raise ConfigurationError(f"publish to {subject!r}: bad msg_id {msg_id!r}")
-            sent = sent or {}
             sent[MSG_ID] = msg_id
         size = len(data) + header_size(sent)
         limit = self._conn._nc._max_payload

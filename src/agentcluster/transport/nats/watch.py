@@ -29,7 +29,13 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from agentcluster.errors import ConfigurationError, ConnectionClosed, RequestTimeout, WatchLost
+from agentcluster.errors import (
+    AgentClusterError,
+    ConfigurationError,
+    ConnectionClosed,
+    RequestTimeout,
+    WatchLost,
+)
 from agentcluster.transport.interface import Entry, Operation
 from agentcluster.transport.nats.wire import API, KV_OPERATION, STATUS, ack_metadata, nanos
 
@@ -86,6 +92,7 @@ class NatsWatcher:
         self._waiter: asyncio.Future[None] | None = None
         self._cseq = 0
         self._lost: str | None = None
+        self._error: AgentClusterError | None = None
         self._stopped = False
         self._heard = self._loop.time()
         self._heartbeat = conn.config.watch_heartbeat
@@ -175,30 +182,41 @@ class NatsWatcher:
         return self
 
     async def __anext__(self) -> Entry:
-        while True:
-            if self._stopped:
-                raise StopAsyncIteration
-            if self._lost is not None:
-                raise WatchLost(self._lost_message())
-            if self._queue:
-                return self._queue.popleft()
-            await self._wait()
+        entry = await self._take(None)
+        if entry is None:
+            raise StopAsyncIteration
+        return entry
 
     async def next(self, timeout: float) -> Entry | None:
-        deadline = self._loop.time() + timeout
+        return await self._take(self._loop.time() + timeout)
+
+    async def _take(self, deadline: float | None) -> Entry | None:
+        """The next update; ``None`` once stopped or at ``deadline``. Updates that arrived
+        before a loss are delivered first, then ``WatchLost`` once, then nothing."""
         while True:
+            if self._error is not None:
+                raise self._error
             if self._stopped:
                 return None
-            if self._lost is not None:
-                raise WatchLost(self._lost_message())
             if self._queue:
                 return self._queue.popleft()
-            left = deadline - self._loop.time()
-            if left <= 0:
-                return None
+            if self._lost is not None:
+                try:
+                    await self.stop()
+                except Exception as exc:  # the loss is what the reader must hear about
+                    _log.debug("stopping a lost watch: %r", exc)
+                raise WatchLost(
+                    f"watch on bucket {self._bucket!r} lost updates: {self._lost}; rebuild"
+                )
             waiter = self._waiter
             if waiter is None or waiter.done():
                 waiter = self._waiter = self._loop.create_future()
+            if deadline is None:
+                await waiter
+                continue
+            left = deadline - self._loop.time()
+            if left <= 0:
+                return None
             await asyncio.wait({waiter}, timeout=left)
 
     async def stop(self) -> None:
@@ -280,11 +298,15 @@ class NatsWatcher:
     def _lose(self, reason: str) -> None:
         if self._lost is None:
             self._lost = reason
-            self._queue.clear()
             _log.warning("watch on bucket %r lost: %s", self._bucket, reason)
         if not self._loaded.done():
             self._loaded.set_result(None)
         self._wake()
+
+    def _fail(self, error: AgentClusterError) -> None:
+        """Make every further read raise ``error`` (the connection was lost for good)."""
+        self._error = error
+        self._halt()
 
     def _halt(self) -> None:
         """Stop delivering (no I/O): on ``stop`` and when the connection closes."""
@@ -302,12 +324,6 @@ class NatsWatcher:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _wait(self) -> None:
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            waiter = self._waiter = self._loop.create_future()
-        await waiter
-
     def _arm(self, delay: float) -> None:
         self._timer = self._loop.call_later(delay, self._check_heartbeat)
 
@@ -321,9 +337,6 @@ class NatsWatcher:
             self._lose(f"no heartbeat for {silent:.1f}s")
             return
         self._arm(limit - silent)
-
-    def _lost_message(self) -> str:
-        return f"watch on bucket {self._bucket!r} lost updates: {self._lost}; rebuild"
 
     def __repr__(self) -> str:
         return f"NatsWatcher({self._bucket!r}, {self._prefix!r})"

@@ -25,6 +25,7 @@ API = "$JS.API"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 KV_OPERATION = "KV-Operation"
 MSG_ID = "Nats-Msg-Id"
+EXPECTED_STREAM = "Nats-Expected-Stream"
 ROLLUP = "Nats-Rollup"
 STATUS = "Status"
 
