@@ -278,7 +278,7 @@ async def test_a_killed_nodes_work_is_redelivered_to_its_successor(
 # --- leader election ------------------------------------------------------------------
 
 
-async def test_leader_election_fails_writes_fast_and_keeps_reads(
+async def test_leader_election_fails_writes_fast_and_stalls_reads(
     hub: MemoryTransport, a: MemoryConnection
 ) -> None:
     loop = asyncio.get_running_loop()
@@ -300,7 +300,14 @@ async def test_leader_election_fails_writes_fast_and_keeps_reads(
     with pytest.raises(NoResponders):
         await objects.put("o", b"during")
     assert loop.time() - start < 0.1
-    assert await value_of(kv, "x") == b"before"
+    with pytest.raises(RequestTimeout):
+        await kv.get("x", timeout=0.02)
+    with pytest.raises(RequestTimeout):
+        await stream.next_message("s", 1, timeout=0.02)
+    with pytest.raises(RequestTimeout):
+        await objects.get("o", timeout=0.02)
+    assert await value_of(kv, "x") == b"before"  # waits out the election
+    assert loop.time() - start >= 0.2
     assert (await stream.state()).messages == 1
     assert await kv.keys() == ["x"]
 
@@ -314,6 +321,22 @@ async def test_leader_election_fails_writes_fast_and_keeps_reads(
     await eventually(writes_again, timeout=1.0)
     assert loop.time() - start >= 0.2
     assert await value_of(kv, "x") == b"after"
+
+
+async def test_leader_election_can_let_reads_answer(
+    hub: MemoryTransport, a: MemoryConnection
+) -> None:
+    loop = asyncio.get_running_loop()
+    kv = await a.key_value(BucketConfig("k"))
+    await kv.put("x", b"before")
+    hub.faults.leader_election(5, reads="answer")
+    start = loop.time()
+    assert await value_of(kv, "x") == b"before"
+    assert loop.time() - start < 0.1
+    with pytest.raises(NoResponders):
+        await kv.put("x", b"during")
+    with pytest.raises(ConfigurationError):
+        hub.faults.leader_election(1, reads="sometimes")
 
 
 # --- ambiguous writes -----------------------------------------------------------------

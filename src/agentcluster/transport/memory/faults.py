@@ -25,8 +25,12 @@ Core messages (publish, subscribe, request replies):
 
 The store (key-value, stream publish and purge, objects):
 
-- ``leader_election(duration)``: every write fails fast with ``NoResponders`` for
-  ``duration`` seconds of loop time; reads, consumer fetches and acks still work.
+- ``leader_election(duration, reads="stall")``: every write fails fast with
+  ``NoResponders`` for ``duration`` seconds of loop time. Reads (key-value ``get`` and
+  ``keys``, stream ``next_message`` and ``state``, object ``get`` and ``info``) wait for the
+  election to end and time out with ``RequestTimeout`` if theirs comes first — what
+  nats-server 2.9 does, where no replica answers reads while the stream has no leader;
+  ``reads="answer"`` lets them answer at once. Consumer fetches and acks still work.
 - ``ambiguous_writes(count, apply_after)``: the next ``count`` writes raise
   ``RequestTimeout`` after their whole timeout, yet are applied ``apply_after`` seconds
   after they were issued. A write that is invalid when applied (a ``create`` on a key
@@ -120,6 +124,7 @@ class Faults:
         "_hub",
         "_leader_until",
         "_next_group",
+        "_reads_stall",
         "_records",
         "_rng",
         "delayed",
@@ -138,6 +143,7 @@ class Faults:
         self._drops: list[_DropRule] = []
         self._delays: list[_DelayRule] = []
         self._leader_until = -math.inf
+        self._reads_stall = True
         self._ambiguous: deque[list[float]] = deque()
         self._cut: dict[str, Store] = {}
         self._records: deque[FaultRecord] = deque(maxlen=_RECORDS)
@@ -241,10 +247,14 @@ class Faults:
 
     # --- the store ----------------------------------------------------------------
 
-    def leader_election(self, duration: float) -> None:
-        """For ``duration`` seconds every store write fails fast with ``NoResponders``."""
+    def leader_election(self, duration: float, *, reads: str = "stall") -> None:
+        """For ``duration`` seconds every store write fails fast with ``NoResponders``;
+        reads stall until it ends (``reads="stall"``) or answer (``reads="answer"``)."""
+        if reads not in ("stall", "answer"):
+            raise ConfigurationError(f"reads must be 'stall' or 'answer', not {reads!r}")
         until = _now() + _seconds("duration", duration)
         self._leader_until = max(self._leader_until, until)
+        self._reads_stall = reads == "stall"
         self._update()
         self.record("leader_election", f"{duration}s")
 
@@ -256,6 +266,12 @@ class Faults:
         self._leader_until = -math.inf
         self._update()
         return False
+
+    def read_stall_remaining(self) -> float:
+        """Seconds a read must still wait for the election to end (0 when it need not)."""
+        if not self._reads_stall or not self.leader_electing():
+            return 0.0
+        return self._leader_until - _now()
 
     def ambiguous_writes(self, count: int = 1, apply_after: float = 0.0) -> None:
         """The next ``count`` store writes time out, yet land ``apply_after`` s later."""

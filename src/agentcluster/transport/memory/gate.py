@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from agentcluster.transport.memory.connection import MemoryConnection
     from agentcluster.transport.memory.store import Store
 
-__all__ = ["view", "wait_for", "write"]
+__all__ = ["before_read", "view", "wait_for", "write"]
 
 T = TypeVar("T")
 
@@ -41,6 +41,22 @@ def view(conn: MemoryConnection) -> Store:
         if snapshot is not None:
             return snapshot
     return hub.store
+
+
+async def before_read(conn: MemoryConnection, timeout: float | None, what: str) -> None:
+    """Hold a read while a leader election stalls reads (as nats-server 2.9 does): it goes on
+    when the election ends, or fails with ``RequestTimeout`` if its timeout comes first."""
+    faults = conn.hub.faults
+    if not faults.store_active:
+        return
+    remaining = faults.read_stall_remaining()
+    if remaining <= 0:
+        return
+    wait = wait_for(timeout)
+    if remaining > wait:
+        await conn.pause(wait)
+        raise RequestTimeout(f"{what}: no reply within {wait}s (store leader election)")
+    await conn.pause(remaining)
 
 
 async def write(

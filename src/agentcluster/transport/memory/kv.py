@@ -178,6 +178,7 @@ class MemoryKeyValue:
     async def get(self, key: str, *, timeout: float | None = None) -> Entry | None:
         self._conn.ensure_open()
         names.validate_key(key)
+        await gate.before_read(self._conn, timeout, self._what("get", key))
         return self._read().get(key)
 
     async def put(self, key: str, value: bytes, *, timeout: float | None = None) -> int:
@@ -225,6 +226,7 @@ class MemoryKeyValue:
     async def keys(self, prefix: str = "", *, timeout: float | None = None) -> list[str]:
         self._conn.ensure_open()
         names.validate_prefix(prefix)
+        await gate.before_read(self._conn, timeout, f"keys {self._name}/{prefix}")
         return self._read().keys(prefix)
 
     async def watch(self, prefix: str = "", *, pending_limit: int = 65536) -> MemoryWatcher:

@@ -101,12 +101,14 @@ class MemoryObjectStore:
     async def get(self, name: str, *, timeout: float | None = None) -> bytes | None:
         self._conn.ensure_open()
         _check_name(name)
+        await gate.before_read(self._conn, timeout, f"get object {name!r}")
         found = self._read().objects.get(name)
         return found[1] if found is not None else None
 
     async def info(self, name: str, *, timeout: float | None = None) -> ObjectInfo | None:
         self._conn.ensure_open()
         _check_name(name)
+        await gate.before_read(self._conn, timeout, f"object info {name!r}")
         found = self._read().objects.get(name)
         return found[0] if found is not None else None
 

@@ -102,6 +102,7 @@ class MemoryStream:
     ) -> StoredMessage | None:
         self._conn.ensure_open()
         names.validate_subject(subject, wildcards=True)
+        await gate.before_read(self._conn, timeout, f"read {self._name}/{subject}")
         data = self._read()
         data.expire(self._now())
         return data.next_message(subject, from_seq)
@@ -121,6 +122,7 @@ class MemoryStream:
 
     async def state(self, *, timeout: float | None = None) -> StreamState:
         self._conn.ensure_open()
+        await gate.before_read(self._conn, timeout, f"state of {self._name}")
         data = self._read()
         data.expire(self._now())
         return data.state()
