@@ -46,6 +46,7 @@ log line or a retry loop needs (``agent_id``, ``node_id``, ``retryable``) and a
         ├── RevisionMismatch            compare-and-set lost: the key is at another revision
         ├── SubjectFull                 retryable; a per-subject limit with discard=new refused
         ├── WatchLost                   a watcher dropped updates (slow consumer); rebuild
+        ├── CorruptRecord               a stored value is not in the shape this version writes
         └── SubstrateError              any other refusal; ``code`` carries the server's code
 """
 
@@ -420,3 +421,15 @@ class SubstrateError(TransportError):
     def __init__(self, message: str, *, code: int | None = None, retryable: bool = False) -> None:
         super().__init__(message, retryable=retryable)
         self.code = code
+
+
+class CorruptRecord(TransportError):
+    """A value read from the store is not in the shape this version writes; ``kind`` names
+    the record (node, agent entry, leader, stamp) and ``problem`` what was wrong."""
+
+    reason = "corrupt_record"
+
+    def __init__(self, kind: str, problem: str) -> None:
+        super().__init__(f"corrupt {kind} record: {problem}")
+        self.kind = kind
+        self.problem = problem
