@@ -37,7 +37,8 @@ log line or a retry loop needs (``agent_id``, ``node_id``, ``retryable``) and a
     │   └── ActionTimeout               the action overran its timeout
     ├── AgentError
     │   ├── RestoreFailed               a snapshot cannot be restored; never a silent reset
-    │   └── RestartLimitExceeded        a supervisor's restart intensity was exceeded
+    │   ├── RestartLimitExceeded        a supervisor's restart intensity was exceeded
+    │   └── NodeSuperseded              a restart under the same node id replaced this process
     └── TransportError                  the substrate (NATS or the memory backend) said no
         ├── ConnectionClosed            the connection is closed; nothing more goes through it
         ├── NoResponders                retryable; nobody listens (or a store leader election)
@@ -311,6 +312,25 @@ class RestartLimitExceeded(AgentError):
     """A supervisor restarted children more often than its intensity allows."""
 
     reason = "restart_limit"
+
+
+class NodeSuperseded(AgentError):
+    """This node process found its own record at a higher incarnation and must exit.
+
+    A restart under the same node id took the record over: the process stops every agent
+    and exits without writing the record again.
+    """
+
+    reason = "superseded"
+
+    def __init__(self, node_id: str, own_incarnation: int, found_incarnation: int) -> None:
+        super().__init__(
+            f"node {node_id!r} at incarnation {own_incarnation} was superseded by "
+            f"incarnation {found_incarnation} of the same id",
+            node_id=node_id,
+        )
+        self.own_incarnation = own_incarnation
+        self.found_incarnation = found_incarnation
 
 
 # --- the substrate said no ------------------------------------------------------------
