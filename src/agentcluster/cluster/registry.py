@@ -1,0 +1,247 @@
+"""The distributed registry's shell: the ``agents`` bucket, its watched cache, and its writes.
+
+Each node keeps a ``RegistryIndex`` of the whole bucket, loaded from a watch's initial
+snapshot and kept current by its updates, so ``lookup`` and ``find_by_capability`` are
+dictionary reads. The cache is never silently incomplete: a watcher that fell behind
+raises ``WatchLost`` and the cache is rebuilt from a fresh watch (``rebuilds`` counts
+them). It is a hint; every decision that matters is a compare-and-set:
+
+- ``register`` creates the entry; if one exists and ``core.registry.may_take_over`` says
+  its placement is gone (node dead, left, unknown, or alive under a newer incarnation), it
+  is replaced by compare-and-set at the revision read. Otherwise ``AgentExists``.
+- ``unregister`` deletes an entry only at the revision this node last wrote for it.
+- ``mark_unavailable`` (a leader duty) moves each entry of a dead or left node to
+  ``unavailable`` by compare-and-set, keeping its spec for failover.
+
+Every value written carries a write stamp of this node's incarnation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+
+from agentcluster.core.membership import NodeRecord
+from agentcluster.core.registry import AgentEntry, AgentStatus, RegistryIndex, may_take_over
+from agentcluster.core.stamps import StampSource
+from agentcluster.errors import (
+    AgentExists,
+    ConnectionClosed,
+    CorruptRecord,
+    KeyExists,
+    RevisionMismatch,
+    WatchLost,
+)
+from agentcluster.transport.interface import Entry, KeyValue, Watcher
+from agentcluster.transport.names import decode_token, encode_token
+
+__all__ = ["Registry", "agent_key"]
+
+_log = logging.getLogger("agentcluster.cluster.registry")
+
+_TAKEOVER_ATTEMPTS = 5
+
+
+def agent_key(agent_id: str) -> str:
+    """The ``agents`` bucket key of an agent id (any string, encoded into one token)."""
+    return encode_token(agent_id)
+
+
+class Registry:
+    """One node's view of, and writes to, the ``agents`` bucket."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        stamps: Callable[[], StampSource],
+        *,
+        pending_limit: int = 65536,
+    ) -> None:
+        self._kv = kv
+        self._stamps = stamps
+        self._pending_limit = pending_limit
+        self.index = RegistryIndex()
+        self._revisions: dict[str, int] = {}
+        self._watcher: Watcher | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loaded = asyncio.Event()
+        self.rebuilds = 0
+        self.corrupt = 0
+
+    # --- the cache ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the cache from a watch, then follow it in the background."""
+        await self._load()
+        self._task = asyncio.create_task(self._follow(), name="registry-watch")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._watcher is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await self._watcher.stop()
+            self._watcher = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded.is_set()
+
+    def lookup(self, agent_id: str) -> AgentEntry | None:
+        return self.index.lookup(agent_id)
+
+    def find_by_capability(self, capability: str) -> tuple[str, ...]:
+        return self.index.find_by_capability(capability)
+
+    def agents_by_node(self) -> dict[str, list[str]]:
+        return self.index.by_node()
+
+    async def lookup_fresh(
+        self, agent_id: str, *, timeout: float | None = None
+    ) -> AgentEntry | None:
+        """Read the bucket (may still be stale while the substrate itself is partitioned)."""
+        entry = await self._kv.get(agent_key(agent_id), timeout=timeout)
+        return None if entry is None else self._decode(entry)
+
+    async def _load(self) -> None:
+        self._loaded.clear()
+        self.index.clear()
+        self._revisions.clear()
+        self._watcher = await self._kv.watch("", pending_limit=self._pending_limit)
+        for entry in self._watcher.initial:
+            self._apply(entry)
+        self._loaded.set()
+
+    async def _follow(self) -> None:
+        while True:
+            watcher = self._watcher
+            if watcher is None:
+                return
+            try:
+                async for entry in watcher:
+                    self._apply(entry)
+                return
+            except WatchLost:
+                self.rebuilds += 1
+                _log.warning("registry watch fell behind; rebuilding the cache")
+                with contextlib.suppress(ConnectionClosed):
+                    await watcher.stop()
+                await self._load()
+
+    def _apply(self, entry: Entry) -> None:
+        agent_id = decode_token(entry.key)
+        if entry.deleted:
+            self.index.remove(agent_id)
+            self._revisions.pop(agent_id, None)
+            return
+        decoded = self._decode(entry)
+        if decoded is None:
+            return
+        self.index.apply(decoded)
+        self._revisions[agent_id] = entry.revision
+
+    def _decode(self, entry: Entry) -> AgentEntry | None:
+        try:
+            return AgentEntry.from_bytes(entry.value)
+        except CorruptRecord as exc:
+            self.corrupt += 1
+            _log.error("registry entry %r is unreadable: %s", entry.key, exc)
+            return None
+
+    # --- writes ---------------------------------------------------------------------
+
+    async def register(
+        self,
+        entry: AgentEntry,
+        nodes: Mapping[str, NodeRecord],
+        *,
+        timeout: float | None = None,
+    ) -> tuple[AgentEntry, int]:
+        """Register ``entry`` uniquely; returns the entry written and its revision.
+
+        Raises ``AgentExists`` (with the holder's node in the message) when the id names a
+        live placement elsewhere. A taken-over entry gets the old incarnation + 1.
+        """
+        key = agent_key(entry.id)
+        written = replace(entry, stamp=self._stamps().next())
+        try:
+            revision = await self._kv.create(key, written.to_bytes(), timeout=timeout)
+        except KeyExists:
+            pass
+        else:
+            return written, revision
+        for _ in range(_TAKEOVER_ATTEMPTS):
+            current = await self._kv.get(key, timeout=timeout)
+            if current is None:
+                try:
+                    revision = await self._kv.create(key, written.to_bytes(), timeout=timeout)
+                except KeyExists:
+                    continue
+                return written, revision
+            existing = self._decode(current)
+            if existing is not None and not may_take_over(existing, nodes):
+                raise AgentExists(
+                    f"agent {entry.id!r} is registered on node {existing.node!r}",
+                    agent_id=entry.id,
+                    node_id=existing.node,
+                )
+            incarnation = 1 if existing is None else existing.incarnation + 1
+            written = replace(
+                entry, incarnation=max(entry.incarnation, incarnation), stamp=self._stamps().next()
+            )
+            try:
+                revision = await self._kv.update(
+                    key, written.to_bytes(), current.revision, timeout=timeout
+                )
+            except RevisionMismatch:
+                continue
+            return written, revision
+        raise AgentExists(
+            f"agent {entry.id!r}: its entry kept changing during {_TAKEOVER_ATTEMPTS} takeovers",
+            agent_id=entry.id,
+            retryable=True,
+        )
+
+    async def unregister(
+        self, agent_id: str, revision: int, *, timeout: float | None = None
+    ) -> bool:
+        """Delete the entry if it is still at ``revision`` (the one this node wrote)."""
+        try:
+            await self._kv.delete(agent_key(agent_id), revision=revision, timeout=timeout)
+        except RevisionMismatch:
+            return False
+        return True
+
+    async def mark_unavailable(
+        self, node_id: str, reason: str, *, timeout: float | None = None
+    ) -> list[str]:
+        """Leader duty: every entry placed on ``node_id`` becomes ``unavailable`` by CAS.
+
+        Works from the cache and re-checks each entry by its revision, so entries that
+        moved meanwhile are left alone; returns the ids marked.
+        """
+        marked: list[str] = []
+        for agent_id in self.index.on_node(node_id):
+            entry = self.index.lookup(agent_id)
+            revision = self._revisions.get(agent_id)
+            if entry is None or revision is None or entry.status is AgentStatus.UNAVAILABLE:
+                continue
+            changed = entry.unavailable(reason, self._stamps().next())
+            try:
+                await self._kv.update(
+                    agent_key(agent_id), changed.to_bytes(), revision, timeout=timeout
+                )
+            except RevisionMismatch:
+                continue
+            marked.append(agent_id)
+        return marked
+
+    def revision_of(self, agent_id: str) -> int | None:
+        """The revision of the cached entry (for compare-and-set by its owner)."""
+        return self._revisions.get(agent_id)
