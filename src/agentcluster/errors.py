@@ -24,13 +24,16 @@ log line or a retry loop needs (``agent_id``, ``node_id``, ``retryable``) and a
     │   └── PayloadTooLarge             a message or value over the substrate's limit
     ├── DeliveryError                   the signal did not get through
     │   ├── AgentNotFound               no agent with that id (reason "unknown")
+    │   │   └── AgentUnavailable        a plain agent whose node died; not coming back
     │   ├── MailboxFull                 retryable; the mailbox stayed full
     │   ├── Overloaded                  retryable; the receiver sheds load
     │   ├── SignalExpired               its deadline passed before it ran
     │   ├── NoRoute                     the agent has no route for the signal type
     │   ├── CallCycle                   the call would wait on itself
     │   ├── CallTimeout                 no reply within the deadline (also a TimeoutError)
-    │   └── AgentStopped                the agent stopped before the signal ran
+    │   ├── AgentStopped                the agent stopped before the signal ran
+    │   ├── AgentMoved                  retryable; the agent is elsewhere (``moved_to``)
+    │   └── AgentStarting               retryable; the agent is being started or restored
     ├── ActionError                     user code ran and failed
     │   ├── ActionFailed                carries the remote error's type and message
     │   │   └── AgentCrashed            the action crashed its agent (it was restarted)
@@ -243,6 +246,43 @@ class AgentStopped(DeliveryError):
     """The agent stopped before the signal ran."""
 
     reason = "stopped"
+
+
+class AgentMoved(DeliveryError):
+    """The agent is not on the node that was asked; ``moved_to`` names where it is, if known.
+
+    Retryable: the sender refreshes its placement and retries at once at the new node.
+    """
+
+    reason = "moved"
+    default_retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        moved_to: str | None = None,
+        moved_incarnation: int | None = None,
+        agent_id: str | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        super().__init__(message, agent_id=agent_id, node_id=node_id)
+        self.moved_to = moved_to
+        self.moved_incarnation = moved_incarnation
+
+
+class AgentStarting(DeliveryError):
+    """The agent is being started (or restored) on its node; retryable, never dead-lettered
+    by a sender that still has time."""
+
+    reason = "starting"
+    default_retryable = True
+
+
+class AgentUnavailable(AgentNotFound):
+    """A plain agent whose node died: it will not come back, so not retryable."""
+
+    reason = "unavailable"
 
 
 # --- user code ran and failed -------------------------------------------------------

@@ -45,8 +45,11 @@ from agentcluster.errors import (
     AgentCrashed,
     AgentError,
     AgentExists,
+    AgentMoved,
     AgentNotFound,
+    AgentStarting,
     AgentStopped,
+    AgentUnavailable,
     CallCycle,
     CallTimeout,
     ConfigurationError,
@@ -125,43 +128,6 @@ class Reason(StrEnum):
 
 
 # --- errors a refusal can turn into, beyond errors.py --------------------------------
-
-
-class AgentMoved(DeliveryError):
-    """The agent is not on the node that was asked; ``moved_to`` names where it is, if known.
-
-    Retryable: the sender refreshes its placement and retries at once at the new node.
-    """
-
-    reason = "moved"
-    default_retryable = True
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        moved_to: str | None = None,
-        moved_incarnation: int | None = None,
-        agent_id: str | None = None,
-        node_id: str | None = None,
-    ) -> None:
-        super().__init__(message, agent_id=agent_id, node_id=node_id)
-        self.moved_to = moved_to
-        self.moved_incarnation = moved_incarnation
-
-
-class AgentStarting(DeliveryError):
-    """The agent is being started (or restored) on its node; retryable, never dead-lettered
-    by a sender that still has time."""
-
-    reason = "starting"
-    default_retryable = True
-
-
-class AgentUnavailable(AgentNotFound):
-    """A plain agent whose node died: it will not come back, so not retryable."""
-
-    reason = "unavailable"
 
 
 # --- frames -------------------------------------------------------------------------
@@ -308,7 +274,7 @@ def parse_frame(item: Any) -> Frame:
         raise SignalDecodeError("<envelope>", "expected a JSON object")
     raw_kind = item.get("k")
     try:
-        kind = Kind(raw_kind)
+        kind = Kind(str(raw_kind))
     except ValueError:
         raise SignalDecodeError("k", f"unknown envelope kind {raw_kind!r}") from None
     if kind in SIGNAL_KINDS:
@@ -526,7 +492,11 @@ def error_from_dict(data: Mapping[str, Any]) -> AgentClusterError:
         size, limit = data.get("size"), data.get("limit")
         size = size if isinstance(size, int) else 0
         limit = limit if isinstance(limit, int) else 0
-        error = SignalTooLarge(size, limit) if name == "SignalTooLarge" else PayloadTooLarge(size, limit)
+        error = (
+            SignalTooLarge(size, limit)
+            if name == "SignalTooLarge"
+            else PayloadTooLarge(size, limit)
+        )
     elif name == "ActionValidationError":
         errors = data.get("errors")
         error = ActionValidationError(
