@@ -3,9 +3,13 @@
 A store write that raised a timeout may still have been applied (measured on
 nats-server: the reply was lost, not the write). Every value the cluster writes therefore
 carries a stamp ``(node, node incarnation, nonce)`` that no other write carries. After a
-timeout the writer reads the key: finding its own stamp means the write landed; otherwise
-it repeats the same stamped write by compare-and-set at the revision just read, until the
-answer is definite. The nonce is a counter: unique within one node incarnation, and an
+timeout the writer reads the key: finding its own stamp means the write landed; finding
+the key still at the revision the write expected means it did not, and the same stamped
+write is repeated by compare-and-set at that revision. A key that moved under another
+writer's stamp means the write lost: the caller re-reads and decides, as for any lost
+compare-and-set. (Repeating "at the revision just read" would overwrite that other writer:
+a renewal repeated over an observer's ``alive -> dead`` would bring a dead node back.)
+The nonce is a counter: unique within one node incarnation, and an
 incarnation is never reused, so a stamp is unique across the cluster's life.
 """
 
@@ -62,13 +66,10 @@ class Resolution(StrEnum):
     LANDED = "landed"
     """The key holds this write's stamp: it was applied."""
     REPEAT = "repeat"
-    """It did not land (or was overwritten): repeat it by compare-and-set at the revision read."""
+    """Our stamp is not there. If the key is still at the expected revision, repeat the
+    write there; if it moved, the write lost (see the module docstring)."""
 
 
 def resolve_timed_out_write(found: WriteStamp | None, mine: WriteStamp) -> Resolution:
-    """Decide from the stamp now in the key whether a timed-out write landed.
-
-    ``REPEAT`` is also the answer when another writer's value is there: the repeated
-    compare-and-set then fails or wins on its own merits, which is the definite answer.
-    """
+    """Decide from the stamp now in the key whether a timed-out write landed."""
     return Resolution.LANDED if found == mine else Resolution.REPEAT
