@@ -1,10 +1,11 @@
 """The distributed registry's shell: the ``agents`` bucket, its watched cache, and its writes.
 
 Each node keeps a ``RegistryIndex`` of the whole bucket, loaded from a watch's initial
-snapshot and kept current by its updates, so ``lookup`` and ``find_by_capability`` are
-dictionary reads. The cache is never silently incomplete: a watcher that fell behind
-raises ``WatchLost`` and the cache is rebuilt from a fresh watch (``rebuilds`` counts
-them). It is a hint; every decision that matters is a compare-and-set:
+snapshot and kept current by its updates (``buckets.BucketWatch``), so ``lookup`` and
+``find_by_capability`` are dictionary reads. The cache is never silently incomplete: the
+load is checked against the bucket's key listing, and a watcher that fell behind is
+replaced by a fresh watch (``rebuilds`` counts them). It is a hint; every decision that
+matters is a compare-and-set:
 
 - ``register`` creates the entry; if one exists and ``core.registry.may_take_over`` says
   its placement is gone (node dead, left, unknown, or alive under a newer incarnation), it
@@ -18,24 +19,21 @@ Every value written carries a write stamp of this node's incarnation.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
+from agentcluster.cluster.buckets import BucketWatch
 from agentcluster.core.membership import NodeRecord
 from agentcluster.core.registry import AgentEntry, AgentStatus, RegistryIndex, may_take_over
 from agentcluster.core.stamps import StampSource
 from agentcluster.errors import (
     AgentExists,
-    ConnectionClosed,
     CorruptRecord,
     KeyExists,
     RevisionMismatch,
-    WatchLost,
 )
-from agentcluster.transport.interface import Entry, KeyValue, Watcher
+from agentcluster.transport.interface import Entry, KeyValue
 from agentcluster.transport.names import decode_token, encode_token
 
 __all__ = ["Registry", "agent_key"]
@@ -59,39 +57,43 @@ class Registry:
         stamps: Callable[[], StampSource],
         *,
         pending_limit: int = 65536,
+        poll: float = 1.0,
     ) -> None:
         self._kv = kv
         self._stamps = stamps
-        self._pending_limit = pending_limit
         self.index = RegistryIndex()
         self._revisions: dict[str, int] = {}
-        self._watcher: Watcher | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._loaded = asyncio.Event()
-        self.rebuilds = 0
+        self._watch = BucketWatch(
+            kv,
+            on_reset=self._reset,
+            on_entry=self._apply,
+            pending_limit=pending_limit,
+            poll=poll,
+            name="registry",
+        )
         self.corrupt = 0
 
     # --- the cache ------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load the cache from a watch, then follow it in the background."""
-        await self._load()
-        self._task = asyncio.create_task(self._follow(), name="registry-watch")
+        await self._watch.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._watcher is not None:
-            with contextlib.suppress(ConnectionClosed):
-                await self._watcher.stop()
-            self._watcher = None
+        await self._watch.stop()
 
     @property
     def loaded(self) -> bool:
-        return self._loaded.is_set()
+        return self._watch.loaded
+
+    @property
+    def complete(self) -> bool:
+        """Loaded, checked against the bucket's key listing, and still following."""
+        return self._watch.complete
+
+    @property
+    def rebuilds(self) -> int:
+        return self._watch.rebuilds
 
     def lookup(self, agent_id: str) -> AgentEntry | None:
         return self.index.lookup(agent_id)
@@ -109,33 +111,17 @@ class Registry:
         entry = await self._kv.get(agent_key(agent_id), timeout=timeout)
         return None if entry is None else self._decode(entry)
 
-    async def _load(self) -> None:
-        self._loaded.clear()
+    def _reset(self, initial: list[Entry]) -> None:
         self.index.clear()
         self._revisions.clear()
-        self._watcher = await self._kv.watch("", pending_limit=self._pending_limit)
-        for entry in self._watcher.initial:
+        for entry in initial:
             self._apply(entry)
-        self._loaded.set()
-
-    async def _follow(self) -> None:
-        while True:
-            watcher = self._watcher
-            if watcher is None:
-                return
-            try:
-                async for entry in watcher:
-                    self._apply(entry)
-                return
-            except WatchLost:
-                self.rebuilds += 1
-                _log.warning("registry watch fell behind; rebuilding the cache")
-                with contextlib.suppress(ConnectionClosed):
-                    await watcher.stop()
-                await self._load()
 
     def _apply(self, entry: Entry) -> None:
         agent_id = decode_token(entry.key)
+        held = self._revisions.get(agent_id)
+        if held is not None and entry.revision <= held:
+            return
         if entry.deleted:
             self.index.remove(agent_id)
             self._revisions.pop(agent_id, None)
