@@ -19,6 +19,7 @@ Every value written carries a write stamp of this node's incarnation.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -72,6 +73,7 @@ class Registry:
             name="registry",
         )
         self.corrupt = 0
+        self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
 
     # --- the cache ------------------------------------------------------------------
 
@@ -129,8 +131,46 @@ class Registry:
         decoded = self._decode(entry)
         if decoded is None:
             return
+        self._hold(decoded, entry.revision)
+
+    def _hold(self, decoded: AgentEntry, revision: int) -> None:
         self.index.apply(decoded)
-        self._revisions[agent_id] = entry.revision
+        self._revisions[decoded.id] = revision
+        waiters = self._waiters.get(decoded.id)
+        if waiters:
+            still = [(r, f) for r, f in waiters if r > revision and not f.done()]
+            for r, f in waiters:
+                if r <= revision and not f.done():
+                    f.set_result(None)
+            if still:
+                self._waiters[decoded.id] = still
+            else:
+                del self._waiters[decoded.id]
+
+    async def wait_for(self, agent_id: str, revision: int, timeout: float) -> bool:
+        """Wait until the cache holds ``agent_id`` at ``revision`` or later; False on timeout.
+
+        So that a caller who just registered an agent through another node can address it
+        at once through this one.
+        """
+        held = self._revisions.get(agent_id)
+        if held is not None and held >= revision:
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(agent_id, [])
+        waiters.append((revision, future))
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            return False
+        finally:
+            remaining = [(r, f) for r, f in self._waiters.get(agent_id, []) if f is not future]
+            if remaining:
+                self._waiters[agent_id] = remaining
+            else:
+                self._waiters.pop(agent_id, None)
+        return True
 
     def _decode(self, entry: Entry) -> AgentEntry | None:
         try:
@@ -161,6 +201,7 @@ class Registry:
         except KeyExists:
             pass
         else:
+            self._hold(written, revision)
             return written, revision
         for _ in range(_TAKEOVER_ATTEMPTS):
             current = await self._kv.get(key, timeout=timeout)
@@ -169,6 +210,7 @@ class Registry:
                     revision = await self._kv.create(key, written.to_bytes(), timeout=timeout)
                 except KeyExists:
                     continue
+                self._hold(written, revision)
                 return written, revision
             existing = self._decode(current)
             if existing is not None and not may_take_over(existing, nodes):
@@ -187,6 +229,7 @@ class Registry:
                 )
             except RevisionMismatch:
                 continue
+            self._hold(written, revision)
             return written, revision
         raise AgentExists(
             f"agent {entry.id!r}: its entry kept changing during {_TAKEOVER_ATTEMPTS} takeovers",
