@@ -8,14 +8,10 @@ useful on its own. Every test talks to a real ``nats-server`` started by this mo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +29,8 @@ from agentcluster.errors import (
     SubstrateError,
     WatchLost,
 )
+from agentcluster.testing.nats_server import NatsServer
+from agentcluster.testing.ports import free_port
 from agentcluster.testing.waiting import eventually
 from agentcluster.transport.interface import (
     BucketConfig,
@@ -56,103 +54,19 @@ from agentcluster.transport.nats import NatsConfig, connect
 
 pytestmark = pytest.mark.nats
 
-INSTALL_HINT = (
-    "nats-server not found on PATH: install it (https://github.com/nats-io/nats-server/"
-    "releases, or `make nats-server`) to run the NATS backend tests"
-)
 
-
-# --- a nats-server of this module's own -----------------------------------------------
-
-
-def _binary() -> str:
-    found = shutil.which("nats-server")
-    if found is None and os.access("/usr/sbin/nats-server", os.X_OK):
-        found = "/usr/sbin/nats-server"
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(INSTALL_HINT)
-        pytest.skip(INSTALL_HINT)
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-class LocalServer:
-    """One ``nats-server -js`` on a free loopback port; stopped by PID."""
-
-    def __init__(self, binary: str, store: Path, *extra: str) -> None:
-        self.binary = binary
-        self.store = store
-        self.extra = extra
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 10.0) -> LocalServer:
-        args = [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)]
-        self.proc = subprocess.Popen(
-            [*args, *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + timeout
-        while not _accepts(self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"nats-server did not listen on {self.port} in {timeout}s")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
-@contextlib.contextmanager
-def running(binary: str, store: Path, *extra: str) -> Iterator[LocalServer]:
-    server = LocalServer(binary, store, *extra)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def nats_bin() -> str:
-    return _binary()
-
-
-@pytest.fixture(scope="module")
-def server(nats_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    with running(nats_bin, tmp_path_factory.mktemp("nats")) as srv:
-        yield srv
+@pytest.fixture
+def nats_bin(nats_server_bin: str) -> str:
+    return nats_server_bin
 
 
 @pytest.fixture
-async def conn(server: LocalServer) -> AsyncIterator[Connection]:
+def server(nats_server: NatsServer) -> NatsServer:
+    return nats_server
+
+
+@pytest.fixture
+async def conn(server: NatsServer) -> AsyncIterator[Connection]:
     connection = await connect(NatsConfig(servers=[server.url], name="test"))
     try:
         yield connection
@@ -239,14 +153,14 @@ async def test_a_dead_port_fails_typed_within_connect_timeout() -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(SubstrateError) as info:
-        await connect(NatsConfig(servers=[f"nats://127.0.0.1:{_free_port()}"], connect_timeout=0.5))
+        await connect(NatsConfig(servers=[f"nats://127.0.0.1:{free_port()}"], connect_timeout=0.5))
     assert loop.time() - started < 1.5
     assert info.value.retryable
     assert "127.0.0.1" in str(info.value)
 
 
 async def test_user_and_password(nats_bin: str, tmp_path: Path) -> None:
-    with running(nats_bin, tmp_path, "--user", "alice", "--pass", "s3cret") as srv:
+    with NatsServer(tmp_path, binary=nats_bin, user="alice", password="s3cret") as srv:
         good = await connect(NatsConfig(servers=[srv.url], user="alice", password="s3cret"))
         try:
             assert good.is_connected
@@ -267,7 +181,7 @@ async def test_user_and_password(nats_bin: str, tmp_path: Path) -> None:
 
 
 async def test_token(nats_bin: str, tmp_path: Path) -> None:
-    with running(nats_bin, tmp_path, "--auth", "t0ken") as srv:
+    with NatsServer(tmp_path, binary=nats_bin, token="t0ken") as srv:
         good = await connect(NatsConfig(servers=[srv.url], token="t0ken"))
         await good.close()
         with pytest.raises(SubstrateError) as info:
@@ -275,7 +189,7 @@ async def test_token(nats_bin: str, tmp_path: Path) -> None:
         assert not info.value.retryable
 
 
-async def test_tls_configured_against_a_plaintext_server_is_refused(server: LocalServer) -> None:
+async def test_tls_configured_against_a_plaintext_server_is_refused(server: NatsServer) -> None:
     url = server.url.replace("nats://", "tls://")
     with pytest.raises(SubstrateError, match="TLS"):
         await connect(NatsConfig(servers=[url], connect_timeout=1))
@@ -314,7 +228,7 @@ async def test_every_object_implements_its_protocol(conn: Connection) -> None:
     assert isinstance(store, ObjectStore)
 
 
-async def test_smoke_messages_kv_stream_objects(conn: Connection, server: LocalServer) -> None:
+async def test_smoke_messages_kv_stream_objects(conn: Connection, server: NatsServer) -> None:
     other = await connect(NatsConfig(servers=[server.url], name="other"))
     try:
         subject = unique("svc")
@@ -549,7 +463,7 @@ async def test_deliveries_settle_once(conn: Connection) -> None:
     assert rebound.name == "w", "a consumer whose settings cannot change is bound as it is"
 
 
-async def test_calls_after_close_refuse(server: LocalServer) -> None:
+async def test_calls_after_close_refuse(server: NatsServer) -> None:
     conn = await connect(NatsConfig(servers=[server.url]))
     kv = await conn.key_value(BucketConfig(name=unique("kv")))
     root = unique("s")
@@ -570,7 +484,7 @@ async def test_calls_after_close_refuse(server: LocalServer) -> None:
 # --- interoperability with nats-py's own helpers ------------------------------------------
 
 
-async def test_layout_is_the_one_other_clients_use(conn: Connection, server: LocalServer) -> None:
+async def test_layout_is_the_one_other_clients_use(conn: Connection, server: NatsServer) -> None:
     import nats
 
     bucket, objects = unique("kv"), unique("o")
@@ -604,7 +518,7 @@ async def test_layout_is_the_one_other_clients_use(conn: Connection, server: Loc
 
 
 async def test_events_on_server_loss_return_and_close(nats_bin: str, tmp_path: Path) -> None:
-    srv = LocalServer(nats_bin, tmp_path).start()
+    srv = NatsServer(tmp_path, binary=nats_bin).start()
     try:
         conn = await connect(
             NatsConfig(servers=[srv.url], reconnect_time_wait=0.05, watch_heartbeat=0.2)
@@ -680,7 +594,7 @@ async def test_unread_watch_is_lost_not_silently_short(conn: Connection) -> None
 
 
 async def test_watch_reports_deletes_and_ends_when_the_connection_closes(
-    server: LocalServer,
+    server: NatsServer,
 ) -> None:
     conn = await connect(NatsConfig(servers=[server.url]))
     kv = await conn.key_value(BucketConfig(name=unique("kv")))
