@@ -38,6 +38,7 @@ from agentcluster.agent.directives import Spawn
 from agentcluster.agent.server import AgentServer, _Call
 from agentcluster.agent.supervisor import Supervisor
 from agentcluster.clock import Clock, SystemClock
+from agentcluster.core.balance import RoundRobin
 from agentcluster.core.ids import IdSource, UuidV7Source
 from agentcluster.core.signal import Signal
 from agentcluster.core.supervision import RestartType, Strategy
@@ -149,7 +150,7 @@ class LocalNode:
         )
         self._agents: dict[str, AgentServer] = {}
         self._by_capability: dict[str, dict[str, None]] = {}
-        self._round_robin: dict[str, int] = {}
+        self._round_robin = RoundRobin()
         self._supervisors: dict[str, Supervisor] = {}
         self.overrun_threads = 0
         self.restarts = 0
@@ -473,9 +474,7 @@ class LocalNode:
                 raise error
             if target.mode == "all":
                 return [self._agents[aid] for aid in holders]
-            turn = self._round_robin.get(target.name, 0)
-            self._round_robin[target.name] = turn + 1
-            return [self._agents[holders[turn % len(holders)]]]
+            return [self._agents[self._round_robin.pick(target.name, holders)]]
         raise ConfigurationError(f"a target is an agent id or a Capability, not {target!r}")
 
     def _push_deadline(self, signal: Signal, loop: asyncio.AbstractEventLoop) -> float:

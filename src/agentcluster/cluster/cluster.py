@@ -24,6 +24,7 @@ from agentcluster.agent.node import Capability
 from agentcluster.clock import Clock
 from agentcluster.cluster.node import ClusterNode
 from agentcluster.cluster.routing import Router
+from agentcluster.core.balance import RoundRobin
 from agentcluster.core.lease import LeaseTiming
 from agentcluster.core.membership import NodeRecord, NodeStatus
 from agentcluster.core.registry import AgentEntry
@@ -45,7 +46,7 @@ class Cluster:
             raise ConfigurationError("a cluster needs at least one node")
         self._nodes = {node.node_id: node for node in nodes}
         self.hub = hub
-        self._turn: dict[str, itertools.count[int]] = {}
+        self._round_robin = RoundRobin()
         self._placement = itertools.count()
         self.visible_within = 5.0
 
@@ -104,7 +105,7 @@ class Cluster:
         return list(self._nodes)
 
     def _live(self) -> list[ClusterNode]:
-        return [n for n in self._nodes.values() if not n._stopped]
+        return [n for n in self._nodes.values() if not n.stopped]
 
     def _entry_node(self) -> ClusterNode:
         live = self._live()
@@ -206,29 +207,30 @@ class Cluster:
             raise ConnectionClosed("the cluster is not started")
         return router
 
-    def _targets(self, target: Target) -> list[str]:
+    def _targets(self, target: Target, signal: Signal) -> list[str]:
         if isinstance(target, str):
             return [target]
         holders = self.find_by_capability(target.name)
         if not holders:
-            raise AgentNotFound(f"no agent has capability {target.name!r}")
+            error = AgentNotFound(f"no agent has capability {target.name!r}")
+            self._entry_node().local.dead_letter(signal, error, None)
+            raise error
         if target.mode == "all":
             return list(holders)
-        turn = self._turn.setdefault(target.name, itertools.count())
-        return [holders[next(turn) % len(holders)]]
+        return [self._round_robin.pick(target.name, holders)]
 
     async def cast(self, target: Target, signal: Signal) -> None:
         router = self._router()
-        for agent_id in self._targets(target):
+        for agent_id in self._targets(target, signal):
             await router.cast(agent_id, signal)
 
     async def send(self, target: Target, signal: Signal, *, timeout: float | None = None) -> None:
         router = self._router()
-        for agent_id in self._targets(target):
+        for agent_id in self._targets(target, signal):
             await router.send(agent_id, signal, timeout=timeout)
 
     async def call(self, target: Target, signal: Signal, *, timeout: float | None = None) -> Any:
-        (agent_id,) = self._targets(target)[:1]
+        (agent_id,) = self._targets(target, signal)[:1]
         return await self._router().call(agent_id, signal, timeout=timeout)
 
     async def broadcast(self, signal: Signal) -> None:

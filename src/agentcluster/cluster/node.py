@@ -135,6 +135,10 @@ class ClusterNode:
             await conn.close()
 
     @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    @property
     def incarnation(self) -> int:
         return 0 if self.liveness is None else self.liveness.incarnation
 
