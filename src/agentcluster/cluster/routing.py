@@ -74,6 +74,7 @@ from agentcluster.cluster.wire import (
 )
 from agentcluster.core import codec
 from agentcluster.core.dedup import AcceptedIds, Admission
+from agentcluster.core.redelivery import Next, after_refusal
 from agentcluster.core.retry import RetryPolicy
 from agentcluster.core.signal import Signal
 from agentcluster.errors import (
@@ -451,27 +452,34 @@ class Router:
                         return await self._await_result(agent_id, signal, pending, deadline)
                 assert refusal is not None
                 last = refusal
-                if refusal.reason == Reason.MOVED and moves < cfg.max_moves:
+                step = after_refusal(
+                    moved=refusal.reason == Reason.MOVED,
+                    retryable=refusal.retryable,
+                    ack_lost=refusal.reason == Reason.NO_ACK,
+                    moves=moves,
+                    max_moves=cfg.max_moves,
+                    retry=retry + 1,
+                    policy=cfg.retry,
+                    rng=self._rng,
+                    time_left=deadline - self._clock.monotonic(),
+                )
+                if step.next is Next.FOLLOW_MOVE:
                     moves += 1
                     self.stats.moves_followed += 1
                     hint = self._moved_hint(agent_id, placement, refusal)
                     continue
-                if not refusal.retryable:
+                if step.next is Next.GIVE_UP:
                     raise self._give_up(
                         signal, agent_id, wire.refusal_error(refusal, placement.node)
                     )
-                retry += 1
-                if not cfg.retry.should_retry(retry):
+                if step.next is Next.EXHAUSTED:
                     raise self._give_up(
                         signal, agent_id, self._deadline_error(kind, agent_id, last)
                     )
+                retry += 1
                 self.stats.retries += 1
-                if refusal.reason != Reason.NO_ACK:
-                    delay = min(
-                        cfg.retry.delay(retry, self._rng), deadline - self._clock.monotonic()
-                    )
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+                if step.delay > 0:
+                    await asyncio.sleep(step.delay)
                 moves = 0
         except BaseException:
             if kind is Kind.CALL and pending is not None:
