@@ -13,7 +13,6 @@ the second process alone. Every hook call is logged with its virtual time in
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from agentcluster.cluster.membership import JoinSpec
 from agentcluster.core.lease import LeaseTiming
 from agentcluster.core.membership import NodeRecord
 from agentcluster.errors import NodeSuperseded
-from agentcluster.sim import VirtualClock, VirtualEventLoop, new_virtual_loop
+from agentcluster.sim import VirtualClock, VirtualEventLoop
 from agentcluster.telemetry.events import EventRecorder, RecordedEvent, Telemetry
 from agentcluster.transport.memory import MemoryConnection, MemoryTransport
 
@@ -37,12 +36,6 @@ R = TIMING.renew_interval
 F = TIMING.fencing_timeout
 M = TIMING.margin
 EPS = 1e-6
-
-
-def pytest_asyncio_loop_factories(
-    config: pytest.Config, item: pytest.Item
-) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    return {"virtual": functools.partial(new_virtual_loop, seed=item.nodeid)}
 
 
 def now() -> float:
