@@ -1,4 +1,6 @@
-"""Nodes wired through the memory transport, on a virtual-time loop (this hook covers every test below ``tests/cluster``).
+"""Nodes wired through the memory transport, on a virtual-time loop.
+
+The loop hook below covers every test under ``tests/cluster``.
 
 Every async test here runs on a ``VirtualEventLoop`` seeded with its node id, so ack
 timeouts, back-offs and deadlines cost no real time and a run replays exactly. ``world``
