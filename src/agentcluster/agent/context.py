@@ -181,8 +181,8 @@ class Context:
         out = self._outgoing(signal, data)
         chain = self.signal.callchain if self.signal is not None else ()
         out = out.evolve(callchain=(*chain, self.agent_id))
-        return await self.node.call(target, out, timeout=timeout)
+        return await self.node.outbound.call(target, out, timeout=timeout)
 
     async def cast(self, target: Target, signal: Signal | str, data: Any = None) -> None:
         """Fire and forget to another agent, at once (not held back like ``emit``)."""
-        await self.node.cast(target, self._outgoing(signal, data))
+        await self.node.outbound.cast(target, self._outgoing(signal, data))

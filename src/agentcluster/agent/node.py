@@ -27,7 +27,7 @@ import random
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -56,7 +56,7 @@ from agentcluster.errors import (
 from agentcluster.telemetry import Telemetry
 from agentcluster.telemetry import telemetry as default_telemetry
 
-__all__ = ["AgentInfo", "Capability", "ChildSpec", "LocalNode", "Target"]
+__all__ = ["AgentInfo", "Capability", "ChildSpec", "LocalNode", "Outbound", "Target"]
 
 log = logging.getLogger("agentcluster.node")
 
@@ -78,6 +78,24 @@ class Capability:
 
 
 Target = str | Capability
+
+
+class Outbound(Protocol):
+    """Where an agent's own ``ctx.call`` / ``ctx.cast`` and targeted emits go.
+
+    A lone ``LocalNode`` is its own outbound; a cluster node replaces it with one that
+    reaches agents on every node, so agent code is the same on one node and on many.
+    """
+
+    async def cast(self, target: Target, signal: Signal) -> None: ...
+
+    async def send(
+        self, target: Target, signal: Signal, *, timeout: float | None = None
+    ) -> None: ...
+
+    async def call(
+        self, target: Target, signal: Signal, *, timeout: float | None = None
+    ) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +174,37 @@ class LocalNode:
         self.restarts = 0
         self.crashes = 0
         self._closed = False
+        self.outbound: Outbound = self
+        # Named objects a host (a cluster node) lends to the agents it runs, such as the
+        # system agents' view of their node: ``ctx.node.services["cluster"]``.
+        self.services: dict[str, Any] = {}
+        self._gate: asyncio.Event | None = None
+
+    # --- pausing ------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self._gate is not None
+
+    def pause(self) -> None:
+        """Hold every agent before its next signal: no actions start, nothing commits.
+
+        A cluster node pauses while its lease has lapsed. Running actions finish; signals
+        keep queueing in the mailboxes (bounded) and run on ``resume``.
+        """
+        if self._gate is None:
+            self._gate = asyncio.Event()
+
+    def resume(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.set()
+
+    async def wait_unpaused(self) -> None:
+        gate = self._gate
+        while gate is not None:
+            await gate.wait()
+            gate = self._gate
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -179,6 +228,7 @@ class LocalNode:
         if self._closed:
             return
         self._closed = True
+        self.resume()
         for server in reversed(list(self._agents.values())):
             if server.parent_id is None:
                 await server.stop("shutdown", timeout)
@@ -613,6 +663,9 @@ class LocalNode:
             return
         server = self._agents.get(target)
         if server is None or not server.alive:
+            if self.outbound is not self:
+                asyncio.get_running_loop().create_task(self._emit_away(signal, target))
+                return
             self.dead_letter(
                 signal,
                 AgentNotFound(f"no agent {target!r} to receive an emitted signal", agent_id=target),
@@ -621,6 +674,12 @@ class LocalNode:
             return
         if not server.offer(signal):
             asyncio.get_running_loop().create_task(self._emit_later(server, signal))
+
+    async def _emit_away(self, signal: Signal, target: str) -> None:
+        try:
+            await self.outbound.send(target, signal)
+        except AgentClusterError:
+            pass  # the sender that gives up has dead-lettered it
 
     async def _emit_later(self, server: AgentServer, signal: Signal) -> None:
         try:

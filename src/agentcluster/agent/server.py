@@ -309,6 +309,11 @@ class AgentServer:
                     if hibernate and not mailbox and not self._pending:
                         break
                     continue
+                if self.node._gate is not None:
+                    await self.node.wait_unpaused()
+                    if self._stop_reason is not None:
+                        mailbox.appendleft(item)
+                        break
                 self._current = item
                 try:
                     if type(item) is Signal:
