@@ -33,7 +33,8 @@ log line or a retry loop needs (``agent_id``, ``node_id``, ``retryable``) and a
     │   ├── CallTimeout                 no reply within the deadline (also a TimeoutError)
     │   ├── AgentStopped                the agent stopped before the signal ran
     │   ├── AgentMoved                  retryable; the agent is elsewhere (``moved_to``)
-    │   └── AgentStarting               retryable; the agent is being started or restored
+    │   ├── AgentStarting               retryable; the agent is being started or restored
+    │   └── NodeUnavailable             retryable; the node asked did not answer
     ├── ActionError                     user code ran and failed
     │   ├── ActionFailed                carries the remote error's type and message
     │   │   └── AgentCrashed            the action crashed its agent (it was restarted)
@@ -41,6 +42,7 @@ log line or a retry loop needs (``agent_id``, ``node_id``, ``retryable``) and a
     ├── AgentError
     │   ├── RestoreFailed               a snapshot cannot be restored; never a silent reset
     │   ├── RestartLimitExceeded        a supervisor's restart intensity was exceeded
+    │   ├── NoAvailableNode             retryable; no live node can take the agent (``reason``)
     │   └── NodeSuperseded              a restart under the same node id replaced this process
     └── TransportError                  the substrate (NATS or the memory backend) said no
         ├── ConnectionClosed            the connection is closed; nothing more goes through it
@@ -51,7 +53,9 @@ log line or a retry loop needs (``agent_id``, ``node_id``, ``retryable``) and a
         ├── SubjectFull                 retryable; a per-subject limit with discard=new refused
         ├── WatchLost                   a watcher dropped updates (slow consumer); rebuild
         ├── CorruptRecord               a stored value is not in the shape this version writes
-        └── SubstrateError              any other refusal; ``code`` carries the server's code
+        ├── SubstrateError              any other refusal; ``code`` carries the server's code
+        └── DiscoveryFailed             retryable; discovery found no server (``strategy``)
+            └── MalformedDnsMessage     a DNS packet does not decode; ``problem`` says why
 """
 
 from __future__ import annotations
@@ -279,6 +283,14 @@ class AgentStarting(DeliveryError):
     default_retryable = True
 
 
+class NodeUnavailable(DeliveryError):
+    """The node that was asked (to start, stop or run something) did not answer in time;
+    retryable — a node that died is soon declared dead and its agents marked."""
+
+    reason = "node_unavailable"
+    default_retryable = True
+
+
 class AgentUnavailable(AgentNotFound):
     """A plain agent whose node died: it will not come back, so not retryable."""
 
@@ -352,6 +364,14 @@ class RestartLimitExceeded(AgentError):
     """A supervisor restarted children more often than its intensity allows."""
 
     reason = "restart_limit"
+
+
+class NoAvailableNode(AgentError):
+    """No live node can take the agent now: none alive, or none with the capacity or
+    capability asked. Retryable: nodes join and capacity frees up."""
+
+    reason = "no_available_node"
+    default_retryable = True
 
 
 class NodeSuperseded(AgentError):
@@ -493,3 +513,32 @@ class CorruptRecord(TransportError):
         super().__init__(f"corrupt {kind} record: {problem}")
         self.kind = kind
         self.problem = problem
+
+
+class DiscoveryFailed(TransportError):
+    """Discovery produced no server to connect to: its source did not answer in time, said
+    the name does not exist, or answered with nothing usable. ``strategy`` names the
+    discovery (``dns``, ``static``, ``transport``); retryable, since records appear later
+    (a Kubernetes headless service has none until its pods are ready)."""
+
+    reason = "discovery_failed"
+    default_retryable = True
+
+    def __init__(self, strategy: str, problem: str, *, retryable: bool | None = None) -> None:
+        super().__init__(f"{strategy} discovery failed: {problem}", retryable=retryable)
+        self.strategy = strategy
+        self.problem = problem
+
+
+class MalformedDnsMessage(DiscoveryFailed):
+    """A DNS message could not be decoded; ``problem`` says what was wrong and ``offset``
+    where (a byte offset into the message), so a broken nameserver is named, not guessed."""
+
+    reason = "malformed_dns"
+    default_retryable = False
+
+    def __init__(self, problem: str, *, offset: int | None = None) -> None:
+        where = "" if offset is None else f" at byte {offset}"
+        super().__init__("dns", f"malformed DNS message: {problem}{where}")
+        self.problem = problem
+        self.offset = offset

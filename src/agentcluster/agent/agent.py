@@ -129,6 +129,9 @@ class Agent:
     mailbox_size: ClassVar[int] = 1024
     action_timeout: ClassVar[float | None] = 30.0
     reentrant: ClassVar[bool] = False
+    # Keeps running while its node is paused (a lapsed lease): only for agents that read,
+    # or fence their own writes, such as the cluster's failure detector.
+    runs_while_paused: ClassVar[bool] = False
     crash_on: ClassVar[tuple[type[BaseException], ...]] = ()
 
     _compiled: ClassVar[_Compiled]

@@ -309,7 +309,7 @@ class AgentServer:
                     if hibernate and not mailbox and not self._pending:
                         break
                     continue
-                if self.node._gate is not None:
+                if self.node._gate is not None and not self.agent.runs_while_paused:
                     await self.node.wait_unpaused()
                     if self._stop_reason is not None:
                         mailbox.appendleft(item)

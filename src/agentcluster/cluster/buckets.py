@@ -119,10 +119,36 @@ class Buckets:
     state: KeyValue
 
 
-async def ensure_buckets(conn: Connection, replicas: int = 1, storage: Storage = "file") -> Buckets:
-    """Create the cluster buckets if missing (bind them if present); idempotent."""
+async def ensure_buckets(
+    conn: Connection, replicas: int = 1, storage: Storage = "file", *, ready_within: float = 30.0
+) -> Buckets:
+    """Create the cluster buckets if missing (bind them if present); idempotent.
+
+    Returns once every bucket answers a read: a replicated bucket just created (or one
+    whose stream is electing a leader) times out or has no responders for a while, and a
+    node must not start its lease against a store that cannot answer yet. Retryable
+    errors are retried with a growing pause for up to ``ready_within`` seconds; the last
+    one is raised after that.
+    """
     handles = [await conn.key_value(config) for config in bucket_configs(replicas, storage)]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ready_within
+    for kv in handles:
+        pause = 0.05
+        while True:
+            try:
+                await kv.get(_PROBE_KEY, timeout=min(2.0, max(0.1, deadline - loop.time())))
+                break
+            except (NoResponders, RequestTimeout):
+                if loop.time() + pause >= deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
     return Buckets(*handles)
+
+
+_PROBE_KEY = "ready-probe"
+"""A key nobody writes: reading it shows that a bucket's stream answers."""
 
 
 def _found_stamp(entry: Entry | None, stamp_of: StampOf) -> WriteStamp | None:

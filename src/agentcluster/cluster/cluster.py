@@ -1,36 +1,44 @@
-"""``Cluster``: many nodes, one API — the embedded in-process cluster.
+"""``Cluster``: many nodes, one API — in one process, or one node per process over NATS.
 
 ``Cluster.local(nodes=3)`` runs every node in this process over the memory transport
 (no server): each node has its own connections, lease, registry cache and router, as it
 would in its own process, and the memory store outlives them, so a node can be killed
-and the others notice. Calls made on the ``Cluster`` itself go through its first live
-node, like a client attached to it.
+and the others notice.
 
-Targets: an agent id, or ``Capability(name, "one")`` (the holders in registration order,
-round robin) / ``Capability(name, "all")``.
+``Cluster.connect(servers, node_id=..., role="node")`` joins this process to a cluster over
+NATS as one node (it hosts agents, renews its lease, may lead); ``role="client"`` joins
+without hosting anything, writing nothing to membership and never leading. Both return
+the same API. Calls made on the ``Cluster`` go through its first live node.
 
-``Cluster.connect`` (one node per process over NATS) is not built yet.
+``start_agent(..., node=...)`` on a node of another process asks that node over its
+control subject (``cluster.control``), so the agent's class must be importable there;
+without ``node=`` the agent goes to the live members in turn. Targets: an agent id, or
+``Capability(name, "one")`` (the holders in registration order, round robin) /
+``Capability(name, "all")``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import AsyncIterator, Mapping
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from agentcluster.agent.agent import Agent
 from agentcluster.agent.node import Capability
 from agentcluster.clock import Clock
+from agentcluster.cluster.control import AgentSource, request_start, request_stop, spec_of
+from agentcluster.cluster.liveness import Role
 from agentcluster.cluster.node import ClusterNode
-from agentcluster.cluster.routing import Router
-from agentcluster.core.balance import RoundRobin
+from agentcluster.cluster.outbound import ClusterOutbound
+from agentcluster.cluster.system_agents import is_system_agent
 from agentcluster.core.lease import LeaseTiming
 from agentcluster.core.membership import NodeRecord, NodeStatus
 from agentcluster.core.registry import AgentEntry
 from agentcluster.core.signal import Signal
-from agentcluster.errors import AgentNotFound, ConfigurationError, ConnectionClosed
-from agentcluster.transport.interface import Connection
+from agentcluster.errors import ConfigurationError, ConnectionClosed, NoAvailableNode
+from agentcluster.transport.interface import Connection, Storage
 from agentcluster.transport.memory import MemoryTransport
 
 __all__ = ["Cluster"]
@@ -46,9 +54,9 @@ class Cluster:
             raise ConfigurationError("a cluster needs at least one node")
         self._nodes = {node.node_id: node for node in nodes}
         self.hub = hub
-        self._round_robin = RoundRobin()
         self._placement = itertools.count()
         self.visible_within = 5.0
+        self.control_timeout = 10.0
 
     @classmethod
     @asynccontextmanager
@@ -60,6 +68,7 @@ class Cluster:
         timing: LeaseTiming | None = None,
         clock: Clock | None = None,
         labels: Mapping[str, Mapping[str, str]] | None = None,
+        unavailable_ttl: float = 60.0,
     ) -> AsyncIterator[Cluster]:
         """An in-process cluster of ``nodes`` nodes named ``n1``…; stopped on exit."""
         if nodes < 1:
@@ -77,6 +86,7 @@ class Cluster:
                 timing=timing,
                 clock=clock,
                 seed=f"{seed}/n{i}",
+                unavailable_ttl=unavailable_ttl,
             )
             for i in range(1, nodes + 1)
         ]
@@ -86,13 +96,85 @@ class Cluster:
             for node in members:
                 await node.start()
                 started.append(node)
+            await cluster._see_all(cluster.visible_within)
             yield cluster
         finally:
             for node in reversed(started):
                 await node.stop(leave=True)
             await hub.close()
 
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        servers: str | Sequence[str],
+        *,
+        node_id: str | None = None,
+        role: Role = "node",
+        labels: Mapping[str, str] | None = None,
+        capacity: Mapping[str, float] | None = None,
+        timing: LeaseTiming | None = None,
+        replicas: int = 1,
+        storage: Storage = "file",
+        unavailable_ttl: float = 60.0,
+        **nats_options: Any,
+    ) -> AsyncIterator[Cluster]:
+        """Join the cluster behind ``servers`` (NATS URLs) as one node or a client.
+
+        ``replicas`` is the replication of the cluster's buckets (3 on a 3-server NATS
+        cluster); ``nats_options`` go to ``NatsConfig`` (credentials, TLS, timeouts). On
+        exit a node leaves gracefully (its record says ``left``).
+        """
+        from agentcluster.transport.nats import NatsConfig
+        from agentcluster.transport.nats import connect as connect_nats
+
+        urls = (servers,) if isinstance(servers, str) else tuple(servers)
+        if not urls:
+            raise ConfigurationError("servers: give at least one NATS URL")
+        if role not in ("node", "client"):
+            raise ConfigurationError(f"role must be 'node' or 'client', got {role!r}")
+        if node_id is None:
+            if role == "node":
+                raise ConfigurationError("a node needs its node_id (unique in the cluster)")
+            node_id = f"client-{os.urandom(4).hex()}"
+
+        async def connect(name: str) -> Connection:
+            return await connect_nats(
+                NatsConfig(servers=urls, name=f"agentcluster/{name}", **nats_options)
+            )
+
+        node = ClusterNode(
+            node_id,
+            connect,
+            labels=labels,
+            capacity=capacity,
+            timing=timing,
+            role=role,
+            replicas=replicas,
+            storage=storage,
+            unavailable_ttl=unavailable_ttl,
+        )
+        await node.start()
+        try:
+            yield cls([node])
+        finally:
+            await node.stop(leave=role == "node" and node.superseded is None)
+
     # --- nodes ----------------------------------------------------------------------
+
+    async def _see_all(self, within: float) -> None:
+        """Wait (bounded) until the node this cluster sends through sees every node of
+        this process alive, so the first placements spread over all of them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        wanted = {n.node_id for n in self._nodes.values() if n.role == "node"}
+        while loop.time() < deadline:
+            members = self.members()
+            if all(
+                (r := members.get(n)) is not None and r.status is NodeStatus.ALIVE for n in wanted
+            ):
+                return
+            await asyncio.sleep(0.005)
 
     def node(self, node_id: str) -> ClusterNode:
         try:
@@ -131,38 +213,67 @@ class Cluster:
 
     # --- agents ---------------------------------------------------------------------
 
+    def _place(self) -> str:
+        """The next live member, in turn (placement strategies are a later issue)."""
+        hosting = sorted(
+            record.id
+            for record in self.members().values()
+            if record.status is NodeStatus.ALIVE and record.id not in self._clients()
+        )
+        if not hosting:
+            raise NoAvailableNode("no live node to start an agent on")
+        return hosting[next(self._placement) % len(hosting)]
+
+    def _clients(self) -> set[str]:
+        return {n.node_id for n in self._nodes.values() if n.role == "client"}
+
     async def start_agent(
         self,
-        agent: type[Agent],
+        agent: AgentSource,
         id: str,
         *,
         node: str | None = None,
         capabilities: tuple[str, ...] | list[str] | None = None,
+        state: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> AgentEntry:
-        """Start ``agent`` as ``id`` on ``node`` (round robin over live nodes if omitted).
+        """Start ``agent`` (a class, ``"module:Class"`` or a restart spec) as ``id`` on
+        ``node`` (the live members in turn if omitted).
 
-        Returns once the registration is visible to the node this ``Cluster`` sends
-        through (bounded by ``visible_within`` seconds), so the agent can be addressed at once.
+        On a node of this process the agent starts directly; on another node the request
+        goes over the control subject and the class must be importable there. Returns once
+        the registration is visible to the node this ``Cluster`` sends through (bounded by
+        ``visible_within`` seconds), so the agent can be addressed at once.
         """
-        live = self._live()
-        if not live:
-            raise ConnectionClosed("every node of this cluster is stopped")
-        target = self.node(node) if node is not None else live[next(self._placement) % len(live)]
-        entry = await target.start_agent(
-            agent, id, capabilities=tuple(capabilities or ()), **options
-        )
-        revision = None if target.registry is None else target.registry.revision_of(id)
-        via = self._entry_node().registry
-        if revision is not None and via is not None:
-            await via.wait_for(id, revision, self.visible_within)
+        via = self._entry_node()
+        target = node if node is not None else self._place()
+        local = self._nodes.get(target)
+        if local is not None and local.role == "node" and not local.stopped:
+            entry = await local.start_agent(
+                agent, id, capabilities=tuple(capabilities or ()), state=state, **options
+            )
+            revision = None if local.registry is None else local.registry.revision_of(id)
+        else:
+            if via.data is None:
+                raise ConnectionClosed("the cluster is not started")
+            spec = spec_of(agent, capabilities=capabilities, state=state, **options)
+            entry, revision = await request_start(via.data, target, id, spec, self.control_timeout)
+        if via.registry is not None and revision is not None:
+            await via.registry.wait_for(id, revision, self.visible_within)
         return entry
 
     async def stop_agent(self, id: str) -> bool:
+        """Stop the agent wherever it runs and remove its entry; False if it is not found."""
         entry = self.lookup(id)
-        if entry is None or entry.node not in self._nodes:
+        if entry is None:
             return False
-        return await self._nodes[entry.node].stop_agent(id)
+        local = self._nodes.get(entry.node)
+        if local is not None and not local.stopped:
+            return await local.stop_agent(id)
+        data = self._entry_node().data
+        if data is None:
+            raise ConnectionClosed("the cluster is not started")
+        return await request_stop(data, entry.node, id, self.control_timeout)
 
     def lookup(self, agent_id: str) -> AgentEntry | None:
         registry = self._entry_node().registry
@@ -176,9 +287,24 @@ class Cluster:
         registry = self._entry_node().registry
         return () if registry is None else registry.find_by_capability(capability)
 
-    def agents_by_node(self) -> dict[str, list[str]]:
+    def agents_by_node(self, *, system: bool = False) -> dict[str, list[str]]:
+        """Agent ids by the node their entry names; the system agents only with ``system``."""
         registry = self._entry_node().registry
-        return {} if registry is None else registry.agents_by_node()
+        if registry is None:
+            return {}
+        by_node = registry.agents_by_node()
+        if system:
+            return by_node
+        shown: dict[str, list[str]] = {}
+        for node_id, ids in by_node.items():
+            users = [
+                i
+                for i in ids
+                if (e := registry.lookup(i)) is not None and not is_system_agent(e.capabilities)
+            ]
+            if users:
+                shown[node_id] = users
+        return shown
 
     def topology(self) -> dict[str, Any]:
         """Nodes and their status, who each live node suspects, the leader, agent counts."""
@@ -201,37 +327,20 @@ class Cluster:
 
     # --- signals --------------------------------------------------------------------
 
-    def _router(self) -> Router:
-        router = self._entry_node().router
-        if router is None:
+    def _outbound(self) -> ClusterOutbound:
+        outbound = self._entry_node().outbound
+        if outbound is None:
             raise ConnectionClosed("the cluster is not started")
-        return router
-
-    def _targets(self, target: Target, signal: Signal) -> list[str]:
-        if isinstance(target, str):
-            return [target]
-        holders = self.find_by_capability(target.name)
-        if not holders:
-            error = AgentNotFound(f"no agent has capability {target.name!r}")
-            self._entry_node().local.dead_letter(signal, error, None)
-            raise error
-        if target.mode == "all":
-            return list(holders)
-        return [self._round_robin.pick(target.name, holders)]
+        return outbound
 
     async def cast(self, target: Target, signal: Signal) -> None:
-        router = self._router()
-        for agent_id in self._targets(target, signal):
-            await router.cast(agent_id, signal)
+        await self._outbound().cast(target, signal)
 
     async def send(self, target: Target, signal: Signal, *, timeout: float | None = None) -> None:
-        router = self._router()
-        for agent_id in self._targets(target, signal):
-            await router.send(agent_id, signal, timeout=timeout)
+        await self._outbound().send(target, signal, timeout=timeout)
 
     async def call(self, target: Target, signal: Signal, *, timeout: float | None = None) -> Any:
-        (agent_id,) = self._targets(target, signal)[:1]
-        return await self._router().call(agent_id, signal, timeout=timeout)
+        return await self._outbound().call(target, signal, timeout=timeout)
 
     async def broadcast(self, signal: Signal) -> None:
-        await self._router().broadcast_all(signal)
+        await self._outbound().broadcast(signal)

@@ -5,14 +5,22 @@ routing, registry writes) and lease (its own record, renewals, death declaration
 busy data path never delays a renewal — and a ``LocalNode`` that hosts its agents. An
 agent started here is started locally first and then registered uniquely; if the
 registration loses, the local agent is stopped again and ``AgentExists`` raised. The
-router resolves ids through the registry cache.
+router resolves ids through the registry cache, and the local node's ``outbound`` is a
+``ClusterOutbound``, so agents reach agents on every node with their own ``ctx.call``.
+
+The lease drives the agents: when renewals have failed for ``F`` the local node is paused
+(no action starts); when the record is found ``alive`` at our incarnation it resumes; when
+it is found ``dead`` every agent of the old incarnation is stopped and the node rejoins
+under a new one (its entries are the leader's to mark or fail over, so nothing is started
+again here); when a restart under our id has taken over, every agent is stopped and
+``superseded`` is set: the process must exit (``agentcluster node`` exits with status 3).
 
 While this node leads, it marks the entries of every node that is declared dead or left
 as ``unavailable`` (keeping their restart spec), and it sweeps the registry for such
 entries when it is elected, so a leader that died half-way strands nothing.
 
-Not yet here (see the README's Status): pausing agents while the lease has lapsed,
-failover of critical and durable agents, and the capability strategies of placement.
+A ``role="client"`` node hosts nothing, writes no record and never leads: it has the
+data connection only, watches membership and the registry, and routes.
 """
 
 from __future__ import annotations
@@ -23,18 +31,20 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
-from agentcluster.agent.agent import Agent
 from agentcluster.agent.node import LocalNode
 from agentcluster.clock import Clock
-from agentcluster.cluster.liveness import LivenessHooks, NodeLiveness
+from agentcluster.cluster.control import AgentSource, NodeControl, load_agent_class, spec_of
+from agentcluster.cluster.liveness import LivenessHooks, NodeLiveness, Role
 from agentcluster.cluster.membership import JoinSpec, Vitals
+from agentcluster.cluster.outbound import ClusterOutbound
 from agentcluster.cluster.registry import Registry
 from agentcluster.cluster.routing import Placement, Router
+from agentcluster.cluster.system_agents import SystemAgents, is_system_agent, start_system_agents
 from agentcluster.core.lease import LeaseTiming
 from agentcluster.core.membership import NodeRecord, NodeStatus
 from agentcluster.core.registry import AgentEntry, AgentStatus
-from agentcluster.errors import AgentExists, ConnectionClosed
-from agentcluster.transport.interface import Connection
+from agentcluster.errors import AgentExists, ConnectionClosed, NodeSuperseded, UsageError
+from agentcluster.transport.interface import Connection, Storage
 
 __all__ = ["ClusterNode", "Connect"]
 
@@ -54,8 +64,8 @@ _PLACEMENT: dict[AgentStatus, Literal["running", "starting", "unavailable"]] = {
 """How the router treats each registry status: moving counts as starting (retry soon)."""
 
 
-def _spec_of(agent: type[Agent]) -> dict[str, Any]:
-    return {"class": f"{agent.__module__}:{agent.__qualname__}"}
+_START_KEYS = ("state", "restart")
+"""Options of ``LocalNode.start_agent`` a restart spec carries."""
 
 
 class ClusterNode:
@@ -71,46 +81,93 @@ class ClusterNode:
         timing: LeaseTiming | None = None,
         clock: Clock | None = None,
         seed: str | None = None,
+        role: Role = "node",
+        replicas: int = 1,
+        storage: Storage = "file",
+        unavailable_ttl: float = 60.0,
     ) -> None:
         self.node_id = node_id
+        self.role: Role = role
         self._connect = connect
         self._spec = JoinSpec(node_id, dict(labels or {}), (), dict(capacity or {}))
         self._timing = timing
         self._clock = clock
+        self._replicas = replicas
+        self._storage: Storage = storage
+        self._unavailable_ttl = unavailable_ttl
+        self.system: SystemAgents | None = None
         self.local = LocalNode(node_id, clock=clock, seed=seed)
         self.liveness: NodeLiveness | None = None
         self.registry: Registry | None = None
         self.router: Router | None = None
+        self.outbound: ClusterOutbound | None = None
+        self.data: Connection | None = None
+        self._control: NodeControl | None = None
         self._connections: list[Connection] = []
         self._duties: set[asyncio.Task[None]] = set()
         self._stopped = False
+        self.superseded: NodeSuperseded | None = None
+        self._superseded = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(leave=False)
+            raise
+
+    async def _start(self) -> None:
         data = await self._connect(self.node_id)
-        lease = await self._connect(self.node_id)
-        self._connections = [data, lease]
+        self.data = data
+        self._connections = [data]
+        lease = None
+        if self.role == "node":
+            lease = await self._connect(self.node_id)
+            self._connections.append(lease)
         liveness = NodeLiveness(
             data,
             lease,
             self._spec,
+            role=self.role,
             timing=self._timing,
             clock=self._clock,
             vitals=self._vitals,
-            hooks=LivenessHooks(on_node_down=self._node_down, on_elected=self._elected),
+            replicas=self._replicas,
+            storage=self._storage,
+            hooks=LivenessHooks(
+                on_pause=self._pause,
+                on_resume=self._resume,
+                on_rejoin=self._rejoin,
+                on_superseded=self._supersede,
+                on_node_down=self._node_down,
+                on_elected=self._elected,
+            ),
         )
         self.liveness = liveness
         await liveness.start()
         assert liveness.buckets is not None
-        assert liveness.renewer is not None
         renewer = liveness.renewer
-        self.registry = Registry(liveness.buckets.agents, lambda: renewer.stamps)
+        self.registry = Registry(
+            liveness.buckets.agents,
+            (lambda: renewer.stamps) if renewer is not None else self._client_stamps,
+        )
         await self.registry.start()
         self.router = Router(
             self.node_id, liveness.incarnation, data, self.local, self._resolve, clock=self._clock
         )
         await self.router.start()
+        self.outbound = ClusterOutbound(self.router, self.registry, self.local)
+        self.local.outbound = self.outbound
+        self.local.services["cluster"] = self
+        if self.role == "node":
+            self._control = NodeControl(self, data)
+            await self._control.start()
+            self.system = await start_system_agents(self, unavailable_ttl=self._unavailable_ttl)
+
+    def _client_stamps(self) -> Any:
+        raise UsageError(f"client {self.node_id!r} writes no registry entries")
 
     async def stop(self, *, leave: bool = True) -> None:
         """Stop everything; with ``leave`` the record says ``left`` (a graceful exit)."""
@@ -121,6 +178,8 @@ class ClusterNode:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._control is not None:
+            await self._control.stop()
         if self.router is not None:
             await self.router.stop()
         await self.local.stop()
@@ -149,24 +208,42 @@ class ClusterNode:
 
     async def start_agent(
         self,
-        agent: type[Agent],
+        agent: AgentSource,
         agent_id: str,
         *,
         capabilities: tuple[str, ...] = (),
         **options: Any,
     ) -> AgentEntry:
-        """Start ``agent`` here and register it; ``AgentExists`` if the id lives elsewhere."""
+        """Start ``agent`` (a class, ``"module:Class"`` or a restart spec) here and register
+        it; ``AgentExists`` if the id lives elsewhere."""
+        if self.role != "node":
+            raise UsageError(f"{self.node_id!r} is a client: it hosts no agents")
+        if self.superseded is not None:
+            raise self.superseded
         registry = self._registry()
+        if isinstance(agent, type):
+            cls = agent
+            spec: dict[str, Any] = {"class": f"{agent.__module__}:{agent.__qualname__}"}
+        else:
+            spec = spec_of(agent)
+            cls = load_agent_class(spec["class"])
+            capabilities = capabilities or tuple(spec.get("capabilities", ()))
+            for key in _START_KEYS:
+                if key in spec:
+                    options.setdefault(key, spec[key])
+        for key in _START_KEYS:
+            if key in options and options[key] is not None:
+                spec[key] = options[key]
         held = registry.lookup(agent_id)
         if held is not None and held.node == self.node_id and self.local.lookup(agent_id):
             return held
-        await self.local.start_agent(agent, agent_id, capabilities=capabilities, **options)
+        await self.local.start_agent(cls, agent_id, capabilities=capabilities, **options)
         entry = AgentEntry(
             agent_id,
             self.node_id,
             self.incarnation,
-            capabilities=tuple(capabilities) or tuple(agent.capabilities),
-            spec=_spec_of(agent),
+            capabilities=tuple(capabilities) or tuple(cls.capabilities),
+            spec=spec,
         )
         try:
             written, _revision = await registry.register(entry, self.members())
@@ -199,27 +276,74 @@ class ClusterNode:
         return Placement(entry.node, entry.node_incarnation, _PLACEMENT[entry.status])
 
     def _vitals(self) -> Vitals:
-        return Vitals(agent_count=len(self.local), load=0.0)
+        count = len(self.local) - (0 if self.system is None else len(self.system.ids))
+        return Vitals(agent_count=count, load=0.0)
+
+    # --- the lease drives the agents ------------------------------------------------
+
+    def _pause(self) -> None:
+        _log.warning("node %r: lease lapsed, pausing its agents", self.node_id)
+        self.local.pause()
+
+    def _resume(self) -> None:
+        _log.info("node %r: lease confirmed, resuming its agents", self.node_id)
+        self.local.resume()
+
+    def _rejoin(self, incarnation: int) -> None:
+        _log.warning(
+            "node %r was declared dead: stopping its agents, rejoined as incarnation %d",
+            self.node_id,
+            incarnation,
+        )
+        if self.router is not None:
+            self.router.incarnation = incarnation
+        self._duty(self._stop_agents_then_resume())
+
+    async def _stop_agents_then_resume(self) -> None:
+        for agent_id in self.local.agents():
+            info = self.local.lookup(agent_id)
+            if info is not None and not is_system_agent(info.capabilities):
+                with contextlib.suppress(Exception):
+                    await self.local.stop_agent(agent_id, reason="node_rejoined")
+        self.local.resume()
+
+    def _supersede(self, error: NodeSuperseded) -> None:
+        self.superseded = error
+        self._superseded.set()
+        self._duty(self.local.stop())
+
+    async def wait_superseded(self) -> NodeSuperseded:
+        """Returns when a restart under this node's id has taken over (the process must
+        exit); waits forever otherwise — race it against your own shutdown signal."""
+        await self._superseded.wait()
+        assert self.superseded is not None
+        return self.superseded
 
     # --- leader duties --------------------------------------------------------------
 
     def _node_down(self, record: NodeRecord, reason: str) -> None:
         if self.liveness is not None and self.liveness.is_leader:
-            self._duty(self._mark(record.id, f"node_{reason}"))
+            self._duty(self._mark(record.id, f"node_{reason}", record.incarnation))
 
     def _elected(self, term: int) -> None:
         _log.info("node %r leads the cluster (term %d)", self.node_id, term)
         self._duty(self._sweep())
 
     async def _sweep(self) -> None:
+        """Continue from the registry as found: entries of nodes that are not alive, and
+        entries left by an older incarnation of a live node, are marked."""
         for record in self.members().values():
             if record.status is not NodeStatus.ALIVE:
-                await self._mark(record.id, f"node_{record.status.value}")
+                await self._mark(record.id, f"node_{record.status.value}", record.incarnation)
+            else:
+                await self._mark(record.id, "node_restarted", record.incarnation - 1)
 
-    async def _mark(self, node_id: str, reason: str) -> None:
-        if self.registry is None:
+    async def _mark(self, node_id: str, reason: str, up_to_incarnation: int) -> None:
+        if self.registry is None or up_to_incarnation < 1:
             return
-        marked = await self.registry.mark_unavailable(node_id, reason)
+        marked = await self.registry.mark_unavailable(
+            node_id, reason, up_to_incarnation=up_to_incarnation
+        )
         if marked:
             _log.info("marked %d agents of %r unavailable (%s)", len(marked), node_id, reason)
 
@@ -230,7 +354,10 @@ class ClusterNode:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                _log.exception("leader duty on %r failed", self.node_id)
+                if self._stopped:
+                    _log.debug("duty on %r ended by the node's stop", self.node_id, exc_info=True)
+                else:
+                    _log.exception("duty on %r failed", self.node_id)
 
         task = asyncio.get_running_loop().create_task(run())
         self._duties.add(task)

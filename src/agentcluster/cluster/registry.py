@@ -248,18 +248,27 @@ class Registry:
         return True
 
     async def mark_unavailable(
-        self, node_id: str, reason: str, *, timeout: float | None = None
+        self,
+        node_id: str,
+        reason: str,
+        *,
+        up_to_incarnation: int | None = None,
+        timeout: float | None = None,
     ) -> list[str]:
-        """Leader duty: every entry placed on ``node_id`` becomes ``unavailable`` by CAS.
+        """Leader duty: every entry placed on ``node_id`` (under an incarnation up to
+        ``up_to_incarnation``, when given) becomes ``unavailable`` by CAS.
 
         Works from the cache and re-checks each entry by its revision, so entries that
-        moved meanwhile are left alone; returns the ids marked.
+        moved meanwhile — or were taken over by the node's next incarnation — are left
+        alone; returns the ids marked.
         """
         marked: list[str] = []
         for agent_id in self.index.on_node(node_id):
             entry = self.index.lookup(agent_id)
             revision = self._revisions.get(agent_id)
             if entry is None or revision is None or entry.status is AgentStatus.UNAVAILABLE:
+                continue
+            if up_to_incarnation is not None and entry.node_incarnation > up_to_incarnation:
                 continue
             changed = entry.unavailable(reason, self._stamps().next())
             try:

@@ -107,6 +107,10 @@ class AgentEntry:
         )
 
 
+_REACHABLE = frozenset({AgentStatus.RUNNING, AgentStatus.STARTING, AgentStatus.MOVING})
+"""Statuses under which an entry counts as a holder of its capabilities."""
+
+
 def may_take_over(entry: AgentEntry, nodes: Mapping[str, NodeRecord]) -> bool:
     """Whether ``entry`` no longer names a live placement, so a compare-and-set may replace it."""
     node = nodes.get(entry.node)
@@ -122,12 +126,15 @@ class RegistryIndex:
     so strategies that pick among them are deterministic for a given history.
     """
 
-    __slots__ = ("_by_capability", "_by_id", "_by_node")
+    __slots__ = ("_by_capability", "_by_id", "_by_node", "_holders")
 
     def __init__(self) -> None:
         self._by_id: dict[str, AgentEntry] = {}
         self._by_capability: dict[str, dict[str, None]] = {}
         self._by_node: dict[str, dict[str, None]] = {}
+        # find_by_capability's answers, rebuilt lazily after a holder of that capability
+        # changes, so the query stays a dictionary access however many holders there are.
+        self._holders: dict[str, tuple[str, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -141,8 +148,10 @@ class RegistryIndex:
         if old is not None:
             self._unindex(old)
         self._by_id[entry.id] = entry
-        for cap in entry.capabilities:
-            self._by_capability.setdefault(cap, {})[entry.id] = None
+        if entry.status in _REACHABLE:
+            for cap in entry.capabilities:
+                self._by_capability.setdefault(cap, {})[entry.id] = None
+                self._holders.pop(cap, None)
         self._by_node.setdefault(entry.node, {})[entry.id] = None
 
     def remove(self, agent_id: str) -> AgentEntry | None:
@@ -155,13 +164,19 @@ class RegistryIndex:
         self._by_id.clear()
         self._by_capability.clear()
         self._by_node.clear()
+        self._holders.clear()
 
     def lookup(self, agent_id: str) -> AgentEntry | None:
         return self._by_id.get(agent_id)
 
     def find_by_capability(self, capability: str) -> tuple[str, ...]:
-        holders = self._by_capability.get(capability)
-        return tuple(holders) if holders else ()
+        """The agents holding ``capability`` that can take signals (running, starting or
+        moving; not unavailable or failed), in registration order."""
+        cached = self._holders.get(capability)
+        if cached is None:
+            holders = self._by_capability.get(capability)
+            cached = self._holders[capability] = tuple(holders) if holders else ()
+        return cached
 
     def on_node(self, node: str) -> tuple[str, ...]:
         ids = self._by_node.get(node)
@@ -173,8 +188,9 @@ class RegistryIndex:
     def _unindex(self, entry: AgentEntry) -> None:
         for cap in entry.capabilities:
             holders = self._by_capability.get(cap)
-            if holders is not None:
-                holders.pop(entry.id, None)
+            if holders is not None and entry.id in holders:
+                del holders[entry.id]
+                self._holders.pop(cap, None)
                 if not holders:
                     del self._by_capability[cap]
         ids = self._by_node.get(entry.node)
