@@ -37,6 +37,7 @@ from agentcluster.core.lease import LeaseTiming
 from agentcluster.core.membership import NodeRecord, NodeStatus
 from agentcluster.core.registry import AgentEntry
 from agentcluster.core.signal import Signal
+from agentcluster.core.topology import partitions
 from agentcluster.errors import ConfigurationError, ConnectionClosed, NoAvailableNode
 from agentcluster.transport.interface import Connection, Storage
 from agentcluster.transport.memory import MemoryTransport
@@ -307,22 +308,47 @@ class Cluster:
         return shown
 
     def topology(self) -> dict[str, Any]:
-        """Nodes and their status, who each live node suspects, the leader, agent counts."""
+        """The cluster as this process sees it.
+
+        ``nodes``: each node's status, incarnation, labels and user agent count (from the
+        records); ``phi``: for each observer in this process, the phi of every peer it
+        hears; ``suspects``: for every node (this process's from their own detectors,
+        the others' from what their heartbeats say), whom it suspects now;
+        ``partitions``: the live nodes grouped by who hears whom (one group: no split);
+        ``leader`` and ``alive``.
+        """
         members = self.members()
-        seen: dict[str, dict[str, float]] = {}
-        for node in self._live():
-            if node.liveness is not None:
-                seen[node.node_id] = {v.peer: v.phi for v in node.liveness.topology()}
         by_node = self.agents_by_node()
+        alive = sorted(n for n, r in members.items() if r.status is NodeStatus.ALIVE)
+        phi: dict[str, dict[str, float]] = {}
+        suspects: dict[str, list[str]] = {}
+        for node in self._live():
+            if node.liveness is None:
+                continue
+            views = node.liveness.topology()
+            phi[node.node_id] = {v.peer: v.phi for v in views}
+            for view in views:
+                suspects.setdefault(view.peer, sorted(view.suspects))
+            if node.role == "node":
+                suspects[node.node_id] = sorted(v.peer for v in views if v.suspected)
         return {
             "nodes": {
-                node_id: {"status": record.status.value, "incarnation": record.incarnation}
+                node_id: {
+                    "status": record.status.value,
+                    "incarnation": record.incarnation,
+                    "labels": dict(record.labels),
+                    "agents": len(by_node.get(node_id, ())),
+                }
                 for node_id, record in sorted(members.items())
             },
-            "phi": seen,
+            "phi": phi,
+            "suspects": {n: suspects[n] for n in sorted(suspects) if n in alive},
+            "partitions": [
+                list(c) for c in partitions(alive, {n: suspects.get(n, ()) for n in alive})
+            ],
             "leader": self.leader(),
             "agents": {node_id: len(ids) for node_id, ids in sorted(by_node.items())},
-            "alive": sorted(n for n, r in members.items() if r.status is NodeStatus.ALIVE),
+            "alive": alive,
         }
 
     # --- signals --------------------------------------------------------------------

@@ -70,6 +70,12 @@ def _float(raw: dict[str, Any], name: str) -> float:
     return float(value)
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CorruptRecord("heartbeat", f"suspects must be a list of str, got {value!r}")
+    return tuple(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     node: str
@@ -78,6 +84,8 @@ class Heartbeat:
     agent_count: int = 0
     load: float = 0.0
     lag: float = 0.0
+    suspects: tuple[str, ...] = ()
+    """The peers the sender suspects now: every node learns who sees whom."""
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -88,6 +96,7 @@ class Heartbeat:
                 "agents": self.agent_count,
                 "load": self.load,
                 "lag": self.lag,
+                "suspects": self.suspects,
             }
         )
 
@@ -109,6 +118,7 @@ class Heartbeat:
             agent_count=_int(raw, "agents"),
             load=_float(raw, "load"),
             lag=_float(raw, "lag"),
+            suspects=_names(raw.get("suspects", [])),
         )
 
 
@@ -124,6 +134,7 @@ class PeerView:
     agent_count: int
     load: float
     lag: float
+    suspects: tuple[str, ...] = ()
 
 
 class Heartbeats:
@@ -231,6 +242,7 @@ class Heartbeats:
                     agent_count=last.agent_count,
                     load=last.load,
                     lag=last.lag,
+                    suspects=last.suspects,
                 )
             )
         return tuple(views)
@@ -290,7 +302,13 @@ class Heartbeats:
         vitals = self._vitals()
         self._seq += 1
         beat = Heartbeat(
-            self.node_id, incarnation, self._seq, vitals.agent_count, vitals.load, self._lag
+            self.node_id,
+            incarnation,
+            self._seq,
+            vitals.agent_count,
+            vitals.load,
+            self._lag,
+            tuple(sorted(self.suspects())),
         )
         await self._conn.publish(heartbeat_subject(self.node_id), beat.to_bytes())
         self.sent += 1

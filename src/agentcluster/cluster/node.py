@@ -158,7 +158,14 @@ class ClusterNode:
             self.node_id, liveness.incarnation, data, self.local, self._resolve, clock=self._clock
         )
         await self.router.start()
-        self.outbound = ClusterOutbound(self.router, self.registry, self.local)
+        heartbeats = liveness.heartbeats
+        own = self.node_id
+        self.outbound = ClusterOutbound(
+            self.router,
+            self.registry,
+            self.local,
+            suspected=lambda node: node != own and heartbeats.suspected(node),
+        )
         self.local.outbound = self.outbound
         self.local.services["cluster"] = self
         if self.role == "node":

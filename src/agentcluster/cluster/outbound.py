@@ -3,13 +3,15 @@
 ``ClusterOutbound`` is what a cluster node lends its ``LocalNode`` as ``outbound`` (so an
 agent's own ``ctx.call`` / ``ctx.cast`` reach agents on every node) and what the
 ``Cluster`` facade sends through. It turns a target into agent ids — a capability with
-``one`` picks its holders round robin from the registry cache, ``all`` takes each — and
+``one`` picks its holders round robin from the registry cache, passing over holders on
+nodes this node suspects (phi) while others are heard, ``all`` takes each — and
 hands each id to the node's ``Router``, which finds the node and delivers. A capability no
 agent holds is dead-lettered here with ``AgentNotFound``, as a local node does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agentcluster.agent.node import Capability, LocalNode, Target
@@ -25,11 +27,35 @@ __all__ = ["ClusterOutbound"]
 class ClusterOutbound:
     """Cast, send and call to ids and capabilities anywhere in the cluster."""
 
-    def __init__(self, router: Router, registry: Registry, local: LocalNode) -> None:
+    def __init__(
+        self,
+        router: Router,
+        registry: Registry,
+        local: LocalNode,
+        suspected: Callable[[str], bool] | None = None,
+    ) -> None:
         self._router = router
         self._registry = registry
         self._local = local
+        self._suspected = suspected
         self._round_robin = RoundRobin()
+
+    def _pick(self, capability: str, holders: tuple[str, ...]) -> str:
+        """Round robin, passing over holders whose node this node suspects (phi) while
+        another holder is on a node it hears; all suspected -> the plain turn."""
+        first = self._round_robin.pick(capability, holders)
+        suspected = self._suspected
+        if suspected is None or len(holders) == 1 or not self._on_suspect(first, suspected):
+            return first
+        for _ in range(len(holders) - 1):
+            agent_id = self._round_robin.pick(capability, holders)
+            if not self._on_suspect(agent_id, suspected):
+                return agent_id
+        return first
+
+    def _on_suspect(self, agent_id: str, suspected: Callable[[str], bool]) -> bool:
+        entry = self._registry.lookup(agent_id)
+        return entry is not None and suspected(entry.node)
 
     def targets(self, target: Target, signal: Signal) -> list[str]:
         if type(target) is str:
@@ -43,7 +69,7 @@ class ClusterOutbound:
             raise error
         if target.mode == "all":
             return list(holders)
-        return [self._round_robin.pick(target.name, holders)]
+        return [self._pick(target.name, holders)]
 
     async def cast(self, target: Target, signal: Signal) -> None:
         for agent_id in self.targets(target, signal):

@@ -108,3 +108,29 @@ async def test_a_killed_node_is_declared_dead_and_its_agents_marked_unavailable(
             await cluster.call("victim", Signal("count.add", {"n": 1}), timeout=2)
         assert await cluster.call("survivor", Signal("count.add", {"n": 2})) == {"total": 2}
         assert cluster.topology()["alive"] == ["n1", "n2"]
+
+
+async def test_topology_shows_a_split_and_capability_picks_pass_over_suspected_nodes() -> None:
+    clock = VirtualClock(asyncio.get_running_loop())
+    async with Cluster.local(nodes=3, clock=clock) as cluster:
+        for i in range(6):
+            await cluster.start_agent(Counter, f"c{i}")
+        await eventually(lambda: cluster.topology()["partitions"] == [["n1", "n2", "n3"]], 5)
+        assert cluster.hub is not None
+        cluster.hub.faults.partition(["n3"])
+        await eventually(lambda: cluster.topology()["partitions"] == [["n1", "n2"], ["n3"]], 5)
+        topology = cluster.topology()
+        assert topology["suspects"]["n1"] == ["n3"]
+        assert topology["suspects"]["n3"] == ["n1", "n2"]
+        assert topology["alive"] == ["n1", "n2", "n3"]  # suspicion never kills
+        on_n3 = set(cluster.agents_by_node()["n3"])
+        for _ in range(12):
+            await cluster.call(Capability("counting"), Signal("count.add", {"n": 1}), timeout=2)
+        totals = {
+            agent_id: cluster.node(cluster.lookup(agent_id).node).local.state(agent_id).total
+            for agent_id in cluster.find_by_capability("counting")
+        }
+        assert all(totals[a] == 0 for a in on_n3)
+        assert sum(totals.values()) == 12
+        cluster.hub.faults.heal()
+        await eventually(lambda: cluster.topology()["partitions"] == [["n1", "n2", "n3"]], 5)
