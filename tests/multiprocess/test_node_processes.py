@@ -14,6 +14,7 @@ import pytest
 from agentcluster import Signal
 from agentcluster.agent.node import Capability
 from agentcluster.cli.node import EXIT_SUPERSEDED
+from agentcluster.cluster import Cluster
 from agentcluster.errors import AgentUnavailable
 from agentcluster.testing.nats_server import NatsCluster, NatsServer
 from agentcluster.testing.waiting import eventually, stays
@@ -60,6 +61,15 @@ async def test_agents_on_three_processes_answer_by_id_and_capability(
         assert await cluster.stop_agent("extra")
         await eventually(lambda: cluster.lookup("extra") is None, 5)
         assert cluster.topology()["alive"] == list(THREE)
+        assert cluster.topology()["partitions"] == [list(THREE)]
+        found = await cluster.discover()
+        assert found.peers == THREE
+    # Static discovery names the servers instead of --servers.
+    async with Cluster.connect(discovery=f"static:{url}", role="client") as other:
+        assert (await other.discover()).servers == (url,)
+        await eventually(lambda: len(other.find_by_capability("echo")) == 3, 10)
+        answer = await other.call("echo-n2", Signal("echo.ping", {}), timeout=5)
+        assert answer["node"] == "n2"
 
 
 async def test_kill_9_of_the_leader_is_detected_and_its_agents_marked(
@@ -90,8 +100,12 @@ async def test_kill_9_of_the_leader_is_detected_and_its_agents_marked(
             ),
             5,
         )
+        refused = Signal("echo.ping", {})
         with pytest.raises(AgentUnavailable):
-            await cluster.call(f"echo-{victim}", Signal("echo.ping", {}), timeout=5)
+            await cluster.call(f"echo-{victim}", refused, timeout=5)
+        # The sender that gave up dead-lettered it, in the durable stream.
+        letters = await eventually(cluster.dead_letters, 5)
+        assert [(d.reason, d.signal["id"]) for d in letters] == [("unavailable", refused.id)]
         for _ in range(4):
             answer = await cluster.call(Capability("echo"), Signal("echo.ping", {}), timeout=5)
             assert answer["node"] in survivors

@@ -3,13 +3,14 @@
 Nothing is dropped silently. The store is bounded (it is memory); when it is full the
 oldest entry makes room and is counted in ``evicted``, and every dead letter is also
 emitted as telemetry (``agentcluster.signal.dead_lettered``) so that a handler can ship
-it somewhere durable. Later layers put dead letters of persistent agents in a durable
-stream instead.
+it somewhere durable. A cluster node also sets ``sink``, which ships each letter to the
+bounded durable stream ``DEADLETTERS`` (``cluster.dead_letters``), so they outlive it.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ class DeadLetter:
 
 
 class DeadLetterStore:
-    __slots__ = ("_entries", "_telemetry", "by_reason", "evicted", "limit", "total")
+    __slots__ = ("_entries", "_telemetry", "by_reason", "evicted", "limit", "sink", "total")
 
     def __init__(self, telemetry: Telemetry, limit: int = 10_000) -> None:
         if limit < 1:
@@ -44,6 +45,9 @@ class DeadLetterStore:
         self.total = 0
         self.evicted = 0
         self.by_reason: Counter[str] = Counter()
+        # Called with every letter, synchronously; must not block (a cluster node queues
+        # it for its durable stream).
+        self.sink: Callable[[DeadLetter], None] | None = None
 
     def add(self, letter: DeadLetter) -> None:
         if len(self._entries) == self.limit:
@@ -51,6 +55,8 @@ class DeadLetterStore:
         self._entries.append(letter)
         self.total += 1
         self.by_reason[letter.reason] += 1
+        if self.sink is not None:
+            self.sink(letter)
         if self._telemetry.enabled:
             self._telemetry.emit(
                 _EVENT,

@@ -56,10 +56,18 @@ def parse_agent(value: str, node_id: str) -> tuple[str, str]:
 
 
 def node_command(
-    servers: Annotated[
-        list[str], typer.Option("--servers", "-s", help="NATS URL (repeat or comma-separate).")
-    ],
     node_id: Annotated[str, typer.Option("--id", help="This node's id, unique in the cluster.")],
+    servers: Annotated[
+        list[str] | None,
+        typer.Option("--servers", "-s", help="NATS URL (repeat or comma-separate)."),
+    ] = None,
+    discovery: Annotated[
+        str | None,
+        typer.Option(
+            help="How to find the servers instead: static:URL,URL | dns:NAME[:PORT] | "
+            "dns+srv:_nats._tcp.NAME (transport, the default, uses --servers)."
+        ),
+    ] = None,
     agents: Annotated[
         list[str] | None,
         typer.Option("--agents", "-a", help="module:Class[=id] to start here (repeatable)."),
@@ -83,7 +91,9 @@ def node_command(
     from agentcluster.core.lease import LeaseTiming
     from agentcluster.errors import ConfigurationError
 
-    urls = [url for item in servers for url in item.split(",") if url]
+    urls = [url for item in servers or () for url in item.split(",") if url]
+    if not urls and discovery is None:
+        raise typer.BadParameter("give --servers, or --discovery static:… / dns:…")
     specs = [parse_agent(value, node_id) for value in agents or ()]
     label_map = parse_pairs(labels or (), "labels")
     try:
@@ -96,7 +106,9 @@ def node_command(
         raise typer.BadParameter(str(error)) from None
     if loop not in ("auto", "asyncio", "uvloop"):
         raise typer.BadParameter(f"--loop is auto, asyncio or uvloop, not {loop!r}")
-    code = _run_loop(_serve(urls, node_id, specs, label_map, capacity_map, replicas, timing), loop)
+    code = _run_loop(
+        _serve(urls, discovery, node_id, specs, label_map, capacity_map, replicas, timing), loop
+    )
     raise typer.Exit(code)
 
 
@@ -115,6 +127,7 @@ def _run_loop(main: Any, loop: str) -> int:
 
 async def _serve(
     servers: list[str],
+    discovery: str | None,
     node_id: str,
     specs: list[tuple[str, str]],
     labels: dict[str, str],
@@ -131,7 +144,8 @@ async def _serve(
         loop.add_signal_handler(signum, stop.set)
     try:
         async with Cluster.connect(
-            servers,
+            servers or None,
+            discovery=discovery,
             node_id=node_id,
             labels=labels,
             capacity=capacity,

@@ -29,22 +29,46 @@ from typing import Any
 from agentcluster.agent.node import Capability
 from agentcluster.clock import Clock
 from agentcluster.cluster.control import AgentSource, request_start, request_stop, spec_of
+from agentcluster.cluster.dead_letters import StoredDeadLetter, read_dead_letters
+from agentcluster.cluster.discovery import Discovery, TransportDiscovery, discovery_from
 from agentcluster.cluster.liveness import Role
 from agentcluster.cluster.node import ClusterNode
 from agentcluster.cluster.outbound import ClusterOutbound
 from agentcluster.cluster.system_agents import is_system_agent
+from agentcluster.core.discovery import Discovered, TransportConfig, parse_discovery
 from agentcluster.core.lease import LeaseTiming
 from agentcluster.core.membership import NodeRecord, NodeStatus
 from agentcluster.core.registry import AgentEntry
 from agentcluster.core.signal import Signal
 from agentcluster.core.topology import partitions
-from agentcluster.errors import ConfigurationError, ConnectionClosed, NoAvailableNode
+from agentcluster.errors import (
+    ConfigurationError,
+    ConnectionClosed,
+    DiscoveryFailed,
+    NoAvailableNode,
+)
 from agentcluster.transport.interface import Connection, Storage
 from agentcluster.transport.memory import MemoryTransport
 
 __all__ = ["Cluster"]
 
 Target = str | Capability
+
+
+async def _discover(strategy: Discovery, within: float = 10.0) -> Discovered:
+    """Ask ``strategy`` until it finds servers, retrying retryable failures for ``within``
+    seconds (records may appear late, e.g. while a service's pods start)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    pause = 0.1
+    while True:
+        try:
+            return await strategy.discover()
+        except DiscoveryFailed as error:
+            if not error.retryable or loop.time() + pause >= deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 2.0)
 
 
 class Cluster:
@@ -58,6 +82,7 @@ class Cluster:
         self._placement = itertools.count()
         self.visible_within = 5.0
         self.control_timeout = 10.0
+        self.discovery: Discovery | None = None
 
     @classmethod
     @asynccontextmanager
@@ -108,8 +133,9 @@ class Cluster:
     @asynccontextmanager
     async def connect(
         cls,
-        servers: str | Sequence[str],
+        servers: str | Sequence[str] | None = None,
         *,
+        discovery: str | Mapping[str, Any] | None = None,
         node_id: str | None = None,
         role: Role = "node",
         labels: Mapping[str, str] | None = None,
@@ -129,9 +155,17 @@ class Cluster:
         from agentcluster.transport.nats import NatsConfig
         from agentcluster.transport.nats import connect as connect_nats
 
-        urls = (servers,) if isinstance(servers, str) else tuple(servers)
+        given = () if servers is None else (servers,) if isinstance(servers, str) else servers
+        strategy = parse_discovery(discovery)
+        if isinstance(strategy, TransportConfig):
+            urls = tuple(given) or strategy.servers
+        else:
+            found = await _discover(discovery_from(strategy))
+            urls = found.servers
         if not urls:
-            raise ConfigurationError("servers: give at least one NATS URL")
+            raise ConfigurationError(
+                "servers: give at least one NATS URL (or a static or dns discovery)"
+            )
         if role not in ("node", "client"):
             raise ConfigurationError(f"role must be 'node' or 'client', got {role!r}")
         if node_id is None:
@@ -157,9 +191,25 @@ class Cluster:
         )
         await node.start()
         try:
-            yield cls([node])
+            cluster = cls([node])
+            cluster.discovery = (
+                TransportDiscovery(node, urls)
+                if isinstance(strategy, TransportConfig)
+                else discovery_from(strategy)
+            )
+            yield cluster
         finally:
             await node.stop(leave=role == "node" and node.superseded is None)
+
+    async def discover(self) -> Discovered:
+        """What the cluster's discovery strategy finds now: the servers and the peers to
+        expect (``transport``, the default: the alive members of the ``nodes`` bucket)."""
+        if self.discovery is None:
+            alive = tuple(
+                sorted(n for n, r in self.members().items() if r.status is NodeStatus.ALIVE)
+            )
+            return Discovered(servers=(), peers=alive)
+        return await self.discovery.discover()
 
     # --- nodes ----------------------------------------------------------------------
 
@@ -352,6 +402,18 @@ class Cluster:
         }
 
     # --- signals --------------------------------------------------------------------
+
+    async def dead_letters(
+        self, node_id: str | None = None, *, from_seq: int = 1, limit: int = 1000
+    ) -> list[StoredDeadLetter]:
+        """Dead letters stored in the durable stream by ``node_id`` (default: the node this
+        cluster sends through), oldest first; readable after that node is gone."""
+        via = self._entry_node()
+        if via.dead_letters is None:
+            raise ConnectionClosed("the cluster is not started")
+        return await read_dead_letters(
+            via.dead_letters.stream, node_id or via.node_id, from_seq=from_seq, limit=limit
+        )
 
     def _outbound(self) -> ClusterOutbound:
         outbound = self._entry_node().outbound

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from agentcluster.agent.node import LocalNode
 from agentcluster.clock import Clock
 from agentcluster.cluster.control import AgentSource, NodeControl, load_agent_class, spec_of
+from agentcluster.cluster.dead_letters import DeadLetterShipper
 from agentcluster.cluster.liveness import LivenessHooks, NodeLiveness, Role
 from agentcluster.cluster.membership import JoinSpec, Vitals
 from agentcluster.cluster.outbound import ClusterOutbound
@@ -103,6 +104,7 @@ class ClusterNode:
         self.outbound: ClusterOutbound | None = None
         self.data: Connection | None = None
         self._control: NodeControl | None = None
+        self.dead_letters: DeadLetterShipper | None = None
         self._connections: list[Connection] = []
         self._duties: set[asyncio.Task[None]] = set()
         self._stopped = False
@@ -158,6 +160,15 @@ class ClusterNode:
             self.node_id, liveness.incarnation, data, self.local, self._resolve, clock=self._clock
         )
         await self.router.start()
+        self.dead_letters = DeadLetterShipper(
+            data,
+            self.node_id,
+            self.local.clock.monotonic,
+            replicas=self._replicas,
+            storage=self._storage,
+        )
+        await self.dead_letters.start()
+        self.local.dead_letters.sink = self.dead_letters.offer
         heartbeats = liveness.heartbeats
         own = self.node_id
         self.outbound = ClusterOutbound(
@@ -190,6 +201,9 @@ class ClusterNode:
         if self.router is not None:
             await self.router.stop()
         await self.local.stop()
+        if self.dead_letters is not None:
+            self.local.dead_letters.sink = None
+            await self.dead_letters.stop()
         if self.registry is not None:
             await self.registry.stop()
         if self.liveness is not None:
