@@ -620,3 +620,24 @@ def test_node_inbox_encodes_the_node_id() -> None:
     assert node_inbox("host.example:1") == "ac.node.host=2Eexample=3A1.in"
     with pytest.raises(ConfigurationError):
         RouterConfig(ack_timeout=0)
+
+
+async def test_a_quick_call_is_acknowledged_by_its_result_and_a_slow_one_by_an_ack(
+    world: World,
+) -> None:
+    a, b = await world.add("a"), await world.add("b")
+    await world.place(b, Sink, "s1")
+    assert await a.router.call("s1", Signal("test.echo", {"value": 1})) == {
+        "echo": 1,
+        "by": "s1",
+    }
+    assert b.router.stats.acks_sent == 0  # the result was the acknowledgement
+    delay = b.router.config.ack_delay
+    slow = asyncio.create_task(
+        a.router.call("s1", Signal("test.slow", {"seconds": delay * 4}), timeout=5)
+    )
+    await eventually(lambda: b.router.stats.acks_sent == 1, timeout=delay * 3)
+    assert await slow == "done"
+    assert b.router.stats.acks_sent == 1
+    assert a.router.stats.retries == 0
+    assert a.router.in_flight == 0

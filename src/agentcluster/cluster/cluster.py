@@ -83,6 +83,7 @@ class Cluster:
         self.visible_within = 5.0
         self.control_timeout = 10.0
         self.discovery: Discovery | None = None
+        self._entry: ClusterNode | None = None
 
     @classmethod
     @asynccontextmanager
@@ -241,9 +242,13 @@ class Cluster:
         return [n for n in self._nodes.values() if not n.stopped]
 
     def _entry_node(self) -> ClusterNode:
+        entry = self._entry
+        if entry is not None and not entry.stopped:
+            return entry
         live = self._live()
         if not live:
             raise ConnectionClosed("every node of this cluster is stopped")
+        self._entry = live[0]
         return live[0]
 
     def members(self) -> dict[str, NodeRecord]:

@@ -21,8 +21,10 @@ Theory of operation.
   ``unavailable``, ``unknown``, ``mailbox_full``, ``overloaded`` (dedup memory or call
   slots full) — or put into the mailbox (``offer``, after checking room, so the handler
   never waits on one agent) and remembered until its deadline. One ``ack`` per batch lists
-  accepted and refused deliveries of ``send`` and ``call``; a refused ``cast`` is
-  dead-lettered here, by the receiver, with its reason.
+  accepted and refused deliveries of ``send`` and ``call``, except that an accepted call
+  is acknowledged by its result when that comes within ``ack_delay`` (saving a message per
+  call) and by an ``ack`` of its own after that; a refused ``cast`` is dead-lettered here,
+  by the receiver, with its reason.
 - **Calls** run on the receiver as ``LocalNode.call`` in a task with the remaining budget
   plus a grace, so the caller's deadline passes first: the caller then sends ``cancel`` and
   the task is cancelled, which abandons (interrupts) the running action. The result, or the
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections import Counter
@@ -138,6 +141,7 @@ class Placement:
 Resolve = Callable[[str], Placement | None]
 
 
+@functools.lru_cache(maxsize=4096)
 def node_inbox(node_id: str) -> str:
     """The subject a node's router receives batches on."""
     return f"ac.node.{encode_token(node_id)}.in"
@@ -162,6 +166,10 @@ class RouterConfig:
     past that, new ones are refused (retryable) until old ids may be forgotten."""
     ack_timeout: float = 1.0
     """Seconds to wait for an attempt's acknowledgement before sending it again."""
+    ack_delay: float = 0.05
+    """A call accepted by a receiver is acknowledged by its result when that comes within
+    this many seconds, else by an acknowledgement of its own; keep it well below
+    ``ack_timeout``."""
     retry: RetryPolicy = DEFAULT_RETRY
     """Back-off between retries after a retryable refusal (the deadline bounds it too)."""
     max_moves: int = 4
@@ -180,6 +188,14 @@ class RouterConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigurationError(f"RouterConfig.{name} must be positive, not {value!r}")
+        if (
+            isinstance(self.ack_delay, bool)
+            or not isinstance(self.ack_delay, int | float)
+            or not 0 <= self.ack_delay < self.ack_timeout
+        ):
+            raise ConfigurationError(
+                f"RouterConfig.ack_delay must be >= 0 and below ack_timeout: {self.ack_delay!r}"
+            )
         if not isinstance(self.call_grace, int | float) or self.call_grace < 0:
             raise ConfigurationError(f"RouterConfig.call_grace must be >= 0: {self.call_grace!r}")
 
@@ -272,6 +288,7 @@ class Router:
         self._flushers: dict[str, asyncio.Task[None]] = {}
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._calls: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._unacked: dict[tuple[str, str], str] = {}
         self._accepted = AcceptedIds(cfg.dedup_capacity)
         self._subs: list[Subscription] = []
         self._started = False
@@ -692,9 +709,31 @@ class Router:
                 task = self._calls.get((frame.id, frame.to))
                 if task is not None:
                     task.cancel()
-        if (accepted or refused) and msg.reply:
-            ack = wire.ack_frame(self.node_id, self.incarnation, accepted, refused)
+        if not msg.reply or not (accepted or refused):
+            return
+        calls = self._calls
+        now_acked = [key for key in accepted if key not in calls] if calls else accepted
+        if len(now_acked) < len(accepted):
+            # Accepted calls: their result is their acknowledgement (``_on_result``), so
+            # one message per call is saved when it answers within ``ack_delay``; a
+            # slower one is acknowledged alone then, well before the caller resends.
+            held = [key for key in accepted if key in calls]
+            for key in held:
+                self._unacked[key] = msg.reply
+            asyncio.get_running_loop().call_later(
+                self.config.ack_delay, self._ack_held, msg.reply, held
+            )
+        if now_acked or refused:
+            ack = wire.ack_frame(self.node_id, self.incarnation, now_acked, refused)
             if self._enqueue(msg.reply, ack, control=True):
+                self.stats.acks_sent += 1
+
+    def _ack_held(self, reply: str, held: list[tuple[str, str]]) -> None:
+        unacked = self._unacked
+        late = [key for key in held if unacked.pop(key, None) is not None]
+        if late and not self._stopped:
+            ack = wire.ack_frame(self.node_id, self.incarnation, late, [])
+            if self._enqueue(reply, ack, control=True):
                 self.stats.acks_sent += 1
 
     def _bad_envelope(self, item: Any, error: SignalDecodeError, refused: list[Refusal]) -> None:
@@ -854,6 +893,7 @@ class Router:
                     frame = wire.error_frame(signal.id, agent_id, too_large)
         finally:
             self._calls.pop(key, None)
+            self._unacked.pop(key, None)
         if reply and not self._stopped:
             self._enqueue(reply, frame, control=True)
 
