@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agentcluster.cluster.retrying import retry_for
 from agentcluster.core.stamps import Resolution, WriteStamp, resolve_timed_out_write
 from agentcluster.errors import (
     ConnectionClosed,
@@ -131,19 +133,12 @@ async def ensure_buckets(
     one is raised after that.
     """
     handles = [await conn.key_value(config) for config in bucket_configs(replicas, storage)]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + ready_within
     for kv in handles:
-        pause = 0.05
-        while True:
-            try:
-                await kv.get(_PROBE_KEY, timeout=min(2.0, max(0.1, deadline - loop.time())))
-                break
-            except (NoResponders, RequestTimeout):
-                if loop.time() + pause >= deadline:
-                    raise
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 1.0)
+        await retry_for(
+            functools.partial(kv.get, _PROBE_KEY, timeout=2.0),
+            retry_on=lambda error: isinstance(error, NoResponders | RequestTimeout),
+            within=ready_within,
+        )
     return Buckets(*handles)
 
 

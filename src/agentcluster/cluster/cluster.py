@@ -34,6 +34,7 @@ from agentcluster.cluster.discovery import Discovery, TransportDiscovery, discov
 from agentcluster.cluster.liveness import Role
 from agentcluster.cluster.node import ClusterNode
 from agentcluster.cluster.outbound import ClusterOutbound
+from agentcluster.cluster.retrying import retry_for
 from agentcluster.cluster.system_agents import is_system_agent
 from agentcluster.core.discovery import Discovered, TransportConfig, parse_discovery
 from agentcluster.core.lease import LeaseTiming
@@ -53,22 +54,6 @@ from agentcluster.transport.memory import MemoryTransport
 __all__ = ["Cluster"]
 
 Target = str | Capability
-
-
-async def _discover(strategy: Discovery, within: float = 10.0) -> Discovered:
-    """Ask ``strategy`` until it finds servers, retrying retryable failures for ``within``
-    seconds (records may appear late, e.g. while a service's pods start)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    pause = 0.1
-    while True:
-        try:
-            return await strategy.discover()
-        except DiscoveryFailed as error:
-            if not error.retryable or loop.time() + pause >= deadline:
-                raise
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, 2.0)
 
 
 class Cluster:
@@ -161,7 +146,11 @@ class Cluster:
         if isinstance(strategy, TransportConfig):
             urls = tuple(given) or strategy.servers
         else:
-            found = await _discover(discovery_from(strategy))
+            found = await retry_for(
+                discovery_from(strategy).discover,
+                retry_on=lambda e: isinstance(e, DiscoveryFailed) and e.retryable,
+                within=10.0,
+            )
             urls = found.servers
         if not urls:
             raise ConfigurationError(

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AgentSource",
     "NodeControl",
+    "class_path",
     "control_subject",
     "load_agent_class",
     "request_start",
@@ -63,11 +64,11 @@ def control_subject(node_id: str) -> str:
     return f"ac.node.{encode_token(node_id)}.ctl"
 
 
-def class_path(agent: type[Agent]) -> str:
-    """The import path of ``agent``; ``ConfigurationError`` when another process could not
-    import it."""
+def class_path(agent: type[Agent], *, importable: bool = True) -> str:
+    """The import path of ``agent``. With ``importable`` (for a start in another
+    process), ``ConfigurationError`` when another process could not import it."""
     module, qualname = agent.__module__, agent.__qualname__
-    if module == "__main__" or "<locals>" in qualname:
+    if importable and (module == "__main__" or "<locals>" in qualname):
         raise ConfigurationError(
             f"agent class {qualname!r} of module {module!r} cannot be imported by another "
             "process; define it at the top level of an importable module"

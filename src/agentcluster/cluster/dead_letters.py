@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ import orjson
 
 from agentcluster.agent.dead_letters import DeadLetter
 from agentcluster.core import codec
+from agentcluster.core.retry import RetryPolicy
 from agentcluster.errors import AgentClusterError, ConnectionClosed
 from agentcluster.transport.interface import Connection, Storage, Stream, StreamConfig
 from agentcluster.transport.names import decode_token, encode_token
@@ -37,6 +39,8 @@ __all__ = ["DEAD_LETTER_STREAM", "DeadLetterShipper", "StoredDeadLetter", "read_
 _log = logging.getLogger("agentcluster.cluster.dead_letters")
 
 DEAD_LETTER_STREAM = "DEADLETTERS"
+_BACKOFF = RetryPolicy(max_retries=8, base_delay=0.1, max_delay=2.0, jitter=0.0)
+_UNUSED = random.Random(0)  # the policy is not jittered: nothing is drawn
 _PREFIX = "deadletters"
 
 
@@ -181,7 +185,7 @@ class DeadLetterShipper:
                         _log.warning("dead letter %s not stored: %s", letter.signal.id, error)
                         self.unshipped += 1
                         break
-                    await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+                    await asyncio.sleep(_BACKOFF.delay(attempt + 1, _UNUSED))
             self._queue.popleft()
 
 

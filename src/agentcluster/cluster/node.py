@@ -33,7 +33,13 @@ from typing import Any, Literal
 
 from agentcluster.agent.node import LocalNode
 from agentcluster.clock import Clock
-from agentcluster.cluster.control import AgentSource, NodeControl, load_agent_class, spec_of
+from agentcluster.cluster.control import (
+    AgentSource,
+    NodeControl,
+    class_path,
+    load_agent_class,
+    spec_of,
+)
 from agentcluster.cluster.dead_letters import DeadLetterShipper
 from agentcluster.cluster.liveness import LivenessHooks, NodeLiveness, Role
 from agentcluster.cluster.membership import JoinSpec, Vitals
@@ -244,7 +250,8 @@ class ClusterNode:
         registry = self._registry()
         if isinstance(agent, type):
             cls = agent
-            spec: dict[str, Any] = {"class": f"{agent.__module__}:{agent.__qualname__}"}
+            # Started here, so a class only this process can import is fine.
+            spec: dict[str, Any] = {"class": class_path(agent, importable=False)}
         else:
             spec = spec_of(agent)
             cls = load_agent_class(spec["class"])

@@ -41,21 +41,16 @@ class ClusterOutbound:
         self._round_robin = RoundRobin()
 
     def _pick(self, capability: str, holders: tuple[str, ...]) -> str:
-        """Round robin, passing over holders whose node this node suspects (phi) while
-        another holder is on a node it hears; all suspected -> the plain turn."""
-        first = self._round_robin.pick(capability, holders)
         suspected = self._suspected
-        if suspected is None or len(holders) == 1 or not self._on_suspect(first, suspected):
-            return first
-        for _ in range(len(holders) - 1):
-            agent_id = self._round_robin.pick(capability, holders)
-            if not self._on_suspect(agent_id, suspected):
-                return agent_id
-        return first
+        if suspected is None:
+            return self._round_robin.pick(capability, holders)
+        lookup = self._registry.lookup
 
-    def _on_suspect(self, agent_id: str, suspected: Callable[[str], bool]) -> bool:
-        entry = self._registry.lookup(agent_id)
-        return entry is not None and suspected(entry.node)
+        def on_suspect(agent_id: str) -> bool:
+            entry = lookup(agent_id)
+            return entry is not None and suspected(entry.node)
+
+        return self._round_robin.pick_heard(capability, holders, on_suspect)
 
     def targets(self, target: Target, signal: Signal) -> list[str]:
         if type(target) is str:

@@ -59,6 +59,7 @@ from agentcluster.agent.action import Action, NoParams
 from agentcluster.agent.agent import Agent
 from agentcluster.agent.context import Context
 from agentcluster.agent.supervisor import Supervisor
+from agentcluster.core.expiry import ExpiryPlan, PendingDeletion, plan_expiry
 from agentcluster.core.membership import NodeStatus
 from agentcluster.core.registry import AgentEntry, AgentMode, AgentStatus
 from agentcluster.errors import AgentExists, ConfigurationError, TransportError
@@ -119,7 +120,6 @@ REGISTRY_KEEPER = "registry_keeper"
 _HISTORY = 32
 """Membership changes and deletions remembered in a system agent's state."""
 
-_MAX_DELETES = 256
 """Deletions per sweep, so one sweep stays short; the rest wait for the next one."""
 
 
@@ -515,50 +515,6 @@ class FailureDetectorAgent(SystemAgent):
 
 
 # --- registry keeper --------------------------------------------------------------------
-
-
-class PendingDeletion(BaseModel):
-    """An unavailable plain entry being timed: the revision seen and when it was first seen."""
-
-    revision: int
-    first_seen: float
-
-
-@dataclass(frozen=True, slots=True)
-class ExpiryPlan:
-    """What a sweep does: the entries still being timed, and those to delete now."""
-
-    pending: dict[str, PendingDeletion]
-    due: tuple[tuple[str, int], ...]
-    """``(agent id, revision)``, sorted by id, at most ``limit``."""
-
-
-def plan_expiry(
-    candidates: Iterable[tuple[str, int]],
-    pending: Mapping[str, PendingDeletion],
-    now: float,
-    ttl: float,
-    limit: int = _MAX_DELETES,
-) -> ExpiryPlan:
-    """Decide which unavailable entries have waited ``ttl`` on this observer's clock.
-
-    ``candidates`` are the ``(id, revision)`` of the plain ``unavailable`` entries the cache
-    holds now. An entry keeps its first-seen time only while its revision is unchanged; a
-    new revision (it was rewritten meanwhile) starts the count again, so the wait is never
-    shorter than ``ttl`` after the last change this observer saw. Entries no longer
-    candidates are dropped. Pure: no I/O, no clock.
-    """
-    timed: dict[str, PendingDeletion] = {}
-    due: list[tuple[str, int]] = []
-    for agent_id, revision in candidates:
-        held = pending.get(agent_id)
-        if held is None or held.revision != revision:
-            held = PendingDeletion(revision=revision, first_seen=now)
-        timed[agent_id] = held
-        if now - held.first_seen >= ttl:
-            due.append((agent_id, revision))
-    due.sort()
-    return ExpiryPlan(dict(sorted(timed.items())), tuple(due[:limit]))
 
 
 def _expirable(entry: AgentEntry) -> bool:

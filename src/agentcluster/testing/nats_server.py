@@ -23,7 +23,6 @@ No pytest here: the fixtures in ``tests/conftest.py`` wrap these classes.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
@@ -33,7 +32,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -44,6 +42,7 @@ from typing import Any, Self
 
 from agentcluster.clock import SystemClock
 from agentcluster.testing.ports import LOOPBACK, free_port, free_ports
+from agentcluster.testing.processes import ProcessRegistry
 
 __all__ = [
     "INSTALL_HINT",
@@ -106,43 +105,16 @@ def _require_binary(binary: str | None) -> str:
     return found
 
 
-# --- process registry and the atexit safety net -----------------------------------------
+# --- the atexit safety net ---------------------------------------------------------------
 
-_registry_lock = threading.Lock()
-_running: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _track(proc: subprocess.Popen[bytes]) -> None:
-    with _registry_lock:
-        _running[proc.pid] = proc
-
-
-def _untrack(proc: subprocess.Popen[bytes]) -> None:
-    with _registry_lock:
-        _running.pop(proc.pid, None)
+_servers = ProcessRegistry()
+_track = _servers.track
+_untrack = _servers.untrack
 
 
 def running_pids() -> list[int]:
     """PIDs of the servers this process started that have not been stopped yet."""
-    with _registry_lock:
-        return sorted(pid for pid, proc in _running.items() if proc.poll() is None)
-
-
-def _kill_leftovers() -> None:
-    """At interpreter exit: SIGKILL every server still running (each by its own PID)."""
-    with _registry_lock:
-        procs = list(_running.values())
-        _running.clear()
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                proc.send_signal(signal.SIGKILL)
-    for proc in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
-            proc.wait(timeout=5)
-
-
-atexit.register(_kill_leftovers)
+    return _servers.running_pids()
 
 
 # --- HTTP monitoring (loopback only, never through a proxy) ------------------------------

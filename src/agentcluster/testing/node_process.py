@@ -11,7 +11,6 @@ behind. Its standard error goes to a log file whose tail is put into errors.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import queue
@@ -27,12 +26,12 @@ from typing import Any, Self
 import orjson
 
 from agentcluster.clock import SystemClock
+from agentcluster.testing.processes import ProcessRegistry
 
 __all__ = ["NodeProcess", "NodeProcessError", "running_node_pids"]
 
 _clock = SystemClock()
-_lock = threading.Lock()
-_running: dict[int, subprocess.Popen[bytes]] = {}
+_nodes = ProcessRegistry()
 
 
 class NodeProcessError(RuntimeError):
@@ -40,25 +39,7 @@ class NodeProcessError(RuntimeError):
 
 
 def running_node_pids() -> list[int]:
-    with _lock:
-        return sorted(pid for pid, proc in _running.items() if proc.poll() is None)
-
-
-def _kill_leftovers() -> None:
-    with _lock:
-        procs = list(_running.values())
-        _running.clear()
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                proc.send_signal(signal.SIGCONT)
-                proc.send_signal(signal.SIGKILL)
-    for proc in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
-            proc.wait(timeout=5)
-
-
-atexit.register(_kill_leftovers)
+    return _nodes.running_pids()
 
 
 class NodeProcess:
@@ -114,8 +95,7 @@ class NodeProcess:
             )
         finally:
             log.close()
-        with _lock:
-            _running[proc.pid] = proc
+        _nodes.track(proc)
         self._proc = proc
         self._reader = threading.Thread(
             target=self._read, args=(proc,), name=f"node-{self.node_id}", daemon=True
@@ -226,8 +206,7 @@ class NodeProcess:
     def _forget(self) -> None:
         """The process has exited: stop tracking it and let the reader reach the end."""
         if self._proc is not None:
-            with _lock:
-                _running.pop(self._proc.pid, None)
+            _nodes.untrack(self._proc)
         if self._reader is not None:
             self._reader.join(timeout=5)
 
