@@ -48,12 +48,10 @@ import pstats
 import random
 import signal
 import statistics
-import subprocess
-import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +67,7 @@ from agentcluster.core.registry import AgentEntry
 from agentcluster.core.stamps import WriteStamp
 from agentcluster.testing.node_process import NodeProcess
 from agentcluster.testing.waiting import eventually
+from bench.peers import bench_env, peer_process
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = "agentcluster.examples.workers"
@@ -118,10 +117,6 @@ def _run_on(loop: str, coro: Awaitable[Any]) -> Any:
         return runner.run(coro)  # type: ignore[arg-type]
 
 
-def _env() -> dict[str, str]:
-    return {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
 class LapseCounter(logging.Handler):
     """Counts this process's "lease lapsed" warnings (a busy loop starving its renewals)."""
 
@@ -134,30 +129,11 @@ class LapseCounter(logging.Handler):
             self.count += 1
 
 
-@contextlib.contextmanager
-def raw_peer(url: str, subject: str, loop: str) -> Iterator[subprocess.Popen[str]]:
+def raw_peer(url: str, subject: str, loop: str) -> Any:
     """The raw baselines' far end, started and stopped by PID."""
-    args = ["raw", "--url", url, "--subject", subject, "--loop", loop]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.cluster_peer", *args],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **_env()},
+    return peer_process(
+        "bench.cluster_peer", ["raw", "--url", url, "--subject", subject, "--loop", loop]
     )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if line.strip() != "ready":
-            raise RuntimeError(f"cluster benchmark peer did not start: {line!r}")
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def _envelope(kind: wire.Kind, agent_id: str, sig: Signal, now: float) -> bytes:
@@ -490,7 +466,7 @@ async def profile(cluster: Cluster, url: str, sizes: Sizes, loop: str) -> str:
         agents=(f"{WORKERS}:Counter", f"{WORKERS}:Echo"),
         directory=directory,
         loop=loop,
-        env=_env(),
+        env=bench_env(),
     )
     node.args = [
         node.args[0],

@@ -16,56 +16,20 @@ run back to back, so drift on this shared machine hits both alike; the median is
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from bench.peers import peer_process
 
 PAYLOAD = b"x" * 128
 
 
-@contextlib.contextmanager
-def peer(url: str, subject: str, mode: str, loop: str) -> Iterator[subprocess.Popen[str]]:
+def peer(url: str, subject: str, mode: str, loop: str) -> Any:
     """The other process, started and stopped by PID."""
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.transport_peer",
-            "--url",
-            url,
-            "--subject",
-            subject,
-            "--mode",
-            mode,
-            "--loop",
-            loop,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=root,
-        env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if line.strip() != "ready":
-            raise RuntimeError(f"benchmark peer ({mode}) did not start: {line!r}")
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    args = ["--url", url, "--subject", subject, "--mode", mode, "--loop", loop]
+    return peer_process("bench.transport_peer", args)
 
 
 def _percentile(values: list[float], q: float) -> float:
