@@ -387,3 +387,30 @@ class BucketWatch:
             except TransportError as exc:
                 _log.warning("%s: new watch failed (%s); retrying", self._name, exc)
                 await asyncio.sleep(self._poll)
+
+
+class WatchedCache:
+    """Base of a cache that follows a bucket through ``self._watch`` (a ``BucketWatch``):
+    its lifecycle and the health a caller checks before trusting it."""
+
+    _watch: BucketWatch
+
+    async def start(self) -> None:
+        """Load the cache from a watch, then follow it in the background."""
+        await self._watch.start()
+
+    async def stop(self) -> None:
+        await self._watch.stop()
+
+    @property
+    def loaded(self) -> bool:
+        return self._watch.loaded
+
+    @property
+    def complete(self) -> bool:
+        """Loaded, checked against the bucket's key listing, and still following."""
+        return self._watch.complete
+
+    @property
+    def rebuilds(self) -> int:
+        return self._watch.rebuilds

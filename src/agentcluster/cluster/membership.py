@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from agentcluster.cluster.buckets import BucketWatch, node_id_of
+from agentcluster.cluster.buckets import BucketWatch, WatchedCache, node_id_of
 from agentcluster.core.membership import NodeRecord, NodeStatus, joined
 from agentcluster.core.stamps import WriteStamp
 from agentcluster.errors import CorruptRecord
@@ -107,7 +107,7 @@ class Member:
     revision: int
 
 
-class Membership:
+class Membership(WatchedCache):
     """A node's (or client's) cache of the ``nodes`` bucket; see the module docstring.
 
     ``observer`` names who watches, for telemetry. Hooks and listeners run synchronously
@@ -143,27 +143,6 @@ class Membership:
             poll=poll,
             name=f"nodes-watch[{observer}]",
         )
-
-    # --- lifecycle --------------------------------------------------------------------
-
-    async def start(self) -> None:
-        await self._watch.start()
-
-    async def stop(self) -> None:
-        await self._watch.stop()
-
-    @property
-    def loaded(self) -> bool:
-        return self._watch.loaded
-
-    @property
-    def complete(self) -> bool:
-        """The cache holds every record (loaded, checked, still following the watch)."""
-        return self._watch.complete
-
-    @property
-    def rebuilds(self) -> int:
-        return self._watch.rebuilds
 
     # --- reading ------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from agentcluster.cluster.buckets import BucketWatch
+from agentcluster.cluster.buckets import BucketWatch, WatchedCache
 from agentcluster.core.membership import NodeRecord
 from agentcluster.core.registry import AgentEntry, AgentStatus, RegistryIndex, may_take_over
 from agentcluster.core.stamps import StampSource
@@ -49,7 +49,7 @@ def agent_key(agent_id: str) -> str:
     return encode_token(agent_id)
 
 
-class Registry:
+class Registry(WatchedCache):
     """One node's view of, and writes to, the ``agents`` bucket."""
 
     def __init__(
@@ -76,26 +76,6 @@ class Registry:
         self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
 
     # --- the cache ------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Load the cache from a watch, then follow it in the background."""
-        await self._watch.start()
-
-    async def stop(self) -> None:
-        await self._watch.stop()
-
-    @property
-    def loaded(self) -> bool:
-        return self._watch.loaded
-
-    @property
-    def complete(self) -> bool:
-        """Loaded, checked against the bucket's key listing, and still following."""
-        return self._watch.complete
-
-    @property
-    def rebuilds(self) -> int:
-        return self._watch.rebuilds
 
     def lookup(self, agent_id: str) -> AgentEntry | None:
         return self.index.lookup(agent_id)
