@@ -44,6 +44,12 @@ log line or a retry loop needs (``agent_id``, ``node_id``, ``retryable``) and a
     │   ├── RestartLimitExceeded        a supervisor's restart intensity was exceeded
     │   ├── NoAvailableNode             retryable; no live node can take the agent (``reason``)
     │   └── NodeSuperseded              a restart under the same node id replaced this process
+    ├── CoordinationError               a lock, barrier, election, vote, pipeline or map-reduce
+    │   ├── LockTimeout                 retryable; the lock stayed held (also a TimeoutError)
+    │   ├── LockLost                    the lock is no longer ours (a newer fencing token)
+    │   ├── BarrierTimeout              retryable; ``missing`` participants never arrived
+    │   ├── StageFailed                 a pipeline stage failed; names ``stage`` and its agent
+    │   └── ChunkFailed                 a map-reduce chunk failed on every agent tried
     └── TransportError                  the substrate (NATS or the memory backend) said no
         ├── ConnectionClosed            the connection is closed; nothing more goes through it
         ├── NoResponders                retryable; nobody listens (or a store leader election)
@@ -366,12 +372,42 @@ class RestartLimitExceeded(AgentError):
     reason = "restart_limit"
 
 
+NO_NODE_REASONS = frozenset(
+    {
+        "no_nodes",
+        "no_capacity",
+        "no_capability",
+        "all_quarantined",
+        "all_breakers_open",
+        "all_saturated",
+        "no_leader",
+    }
+)
+"""The ``reason`` codes of ``NoAvailableNode``: why every candidate was excluded."""
+
+
 class NoAvailableNode(AgentError):
-    """No live node can take the agent now: none alive, or none with the capacity or
-    capability asked. Retryable: nodes join and capacity frees up."""
+    """No live node (or holder) can take the agent or request now. ``reason`` says why:
+    ``no_nodes`` (none alive), ``no_capacity``, ``no_capability``, ``all_quarantined``,
+    ``all_breakers_open``, ``all_saturated`` or ``no_leader``. Retryable: nodes join,
+    capacity frees up, breakers close."""
 
     reason = "no_available_node"
     default_retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "no_nodes",
+        agent_id: str | None = None,
+        node_id: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        if reason not in NO_NODE_REASONS:
+            raise ValueError(f"unknown NoAvailableNode reason {reason!r}")
+        super().__init__(message, agent_id=agent_id, node_id=node_id, retryable=retryable)
+        self.reason = reason
 
 
 class NodeSuperseded(AgentError):
@@ -391,6 +427,86 @@ class NodeSuperseded(AgentError):
         )
         self.own_incarnation = own_incarnation
         self.found_incarnation = found_incarnation
+
+
+# --- coordination primitives ---------------------------------------------------------
+
+
+class CoordinationError(AgentClusterError):
+    """A coordination primitive (lock, barrier, election, vote, pipeline, map-reduce)
+    could not complete."""
+
+    reason = "coordination"
+
+
+class LockTimeout(CoordinationError, TimeoutError):
+    """The lock stayed held by another owner until the acquire's timeout."""
+
+    reason = "lock_timeout"
+    default_retryable = True
+
+    def __init__(self, name: str, holder: str | None, timeout: float) -> None:
+        held = f"held by {holder!r}" if holder else "held"
+        super().__init__(f"lock {name!r} still {held} after {timeout:g} s")
+        self.name = name
+        self.holder = holder
+        self.timeout = timeout
+
+
+class LockLost(CoordinationError):
+    """The lock is no longer held under this fencing token: it was released, or taken
+    over after its holder's node was declared dead. Work guarded by it must stop."""
+
+    reason = "lock_lost"
+
+    def __init__(self, name: str, token: int, detail: str = "") -> None:
+        tail = f": {detail}" if detail else ""
+        super().__init__(f"lock {name!r} is no longer held under token {token}{tail}")
+        self.name = name
+        self.token = token
+
+
+class BarrierTimeout(CoordinationError, TimeoutError):
+    """Not every participant arrived at the barrier in time; ``missing`` names them."""
+
+    reason = "barrier_timeout"
+    default_retryable = True
+
+    def __init__(self, barrier_id: str, missing: tuple[str, ...], timeout: float) -> None:
+        super().__init__(
+            f"barrier {barrier_id!r}: {', '.join(missing) or 'nobody'} missing after {timeout:g} s"
+        )
+        self.barrier_id = barrier_id
+        self.missing = missing
+        self.timeout = timeout
+
+
+class StageFailed(CoordinationError):
+    """A pipeline stage failed; ``stage`` is its index, ``target`` the agent (or
+    capability) asked, ``cause`` the error it gave."""
+
+    reason = "stage_failed"
+
+    def __init__(self, stage: int, target: str, cause: BaseException) -> None:
+        super().__init__(f"pipeline stage {stage} ({target}) failed: {cause}", agent_id=target)
+        self.stage = stage
+        self.target = target
+        self.cause = cause
+
+
+class ChunkFailed(CoordinationError):
+    """A map-reduce chunk failed on every agent it was tried on (``tried``)."""
+
+    reason = "chunk_failed"
+
+    def __init__(self, chunk: int, tried: tuple[str, ...], cause: BaseException | None) -> None:
+        super().__init__(
+            f"chunk {chunk} failed on {', '.join(tried) or 'no agent'}"
+            + (f": {cause}" if cause is not None else "")
+        )
+        self.chunk = chunk
+        self.tried = tried
+        self.cause = cause
 
 
 # --- the substrate said no ------------------------------------------------------------

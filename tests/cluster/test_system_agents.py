@@ -22,6 +22,7 @@ from agentcluster.cluster.system_agents import (
     NODE_DISCOVERY,
     REGISTRY_KEEPER,
     SUPERVISOR_ID,
+    SYSTEM_AGENTS,
     FailureDetectorState,
     MemberView,
     NodeDiscoveryState,
@@ -39,7 +40,7 @@ from agentcluster.errors import AgentUnavailable, ConfigurationError
 from agentcluster.sim import VirtualClock
 from agentcluster.testing.waiting import eventually, stays
 
-ROLES = (NODE_DISCOVERY, FAILURE_DETECTOR, REGISTRY_KEEPER)
+ROLES = tuple(SYSTEM_AGENTS)
 
 
 class Add(Action):
@@ -380,7 +381,7 @@ async def test_unavailable_plain_entries_are_deleted_by_the_leader_only_after_th
         state = keeper_state(cluster, leader[0])
         assert state.leader
         assert "victim" in state.recently_deleted
-        assert state.deleted == 4  # the user's agent and the victim's three system agents
+        assert state.deleted == 1 + len(ROLES)  # the user's agent and the victim's system agents
         for node_id in cluster.nodes:
             if node_id not in (leader[0], victim):
                 other = keeper_state(cluster, node_id)

@@ -478,6 +478,15 @@ class LocalNode:
     def agents(self) -> list[str]:
         return [aid for aid, server in self._agents.items() if server.alive]
 
+    def mailbox_load(self) -> float:
+        """How full this node's mailboxes are together (0..1): the load a node reports,
+        so placement and request balancing steer away from a node whose agents queue."""
+        queued = size = 0
+        for server in self._agents.values():
+            queued += server.mailbox_depth
+            size += server.mailbox_size
+        return 0.0 if size == 0 else min(1.0, queued / size)
+
     def __len__(self) -> int:
         return len(self._agents)
 

@@ -5,7 +5,11 @@ Layout (DESIGN.md, "Cluster state"), one bucket per kind of fact, history 1:
 - ``nodes``  — key ``<encoded node id>``: a ``core.membership.NodeRecord``;
 - ``agents`` — key ``<encoded agent id>``: the registry (``cluster.registry``);
 - ``leader`` — key ``current``: a ``core.leader.LeaderRecord``;
-- ``state``  — the snapshots of persistent agents (later).
+- ``state``  — the snapshots of persistent agents (later);
+- ``reservations`` — key ``<encoded node id>``: the resources reserved on that node, as
+  (agent, agent incarnation) -> resources (``cluster.resources``);
+- ``coordination`` — locks (``lock.<name>``), barriers (``barrier.<id>``) and group
+  elections (``election.<group>``), names encoded into one token.
 
 ``stamped_update`` is how every liveness write is made definite. A write whose reply
 timed out may still have been applied, so the key is read back: our own stamp there means
@@ -63,9 +67,11 @@ from agentcluster.transport.names import decode_token, encode_token
 
 __all__ = [
     "AGENTS",
+    "COORDINATION",
     "LEADER",
     "LEADER_KEY",
     "NODES",
+    "RESERVATIONS",
     "STATE",
     "BucketWatch",
     "Buckets",
@@ -84,6 +90,8 @@ NODES = "nodes"
 AGENTS = "agents"
 LEADER = "leader"
 STATE = "state"
+RESERVATIONS = "reservations"
+COORDINATION = "coordination"
 LEADER_KEY = "current"
 """The one key of the ``leader`` bucket."""
 
@@ -104,10 +112,10 @@ def node_id_of(key: str) -> str:
 
 
 def bucket_configs(replicas: int = 1, storage: Storage = "file") -> tuple[BucketConfig, ...]:
-    """The configs of ``nodes``, ``agents``, ``leader`` and ``state``."""
+    """The configs of every cluster bucket, in ``Buckets`` order."""
     return tuple(
         BucketConfig(name=name, replicas=replicas, storage=storage, history=1)
-        for name in (NODES, AGENTS, LEADER, STATE)
+        for name in (NODES, AGENTS, LEADER, STATE, RESERVATIONS, COORDINATION)
     )
 
 
@@ -119,6 +127,8 @@ class Buckets:
     agents: KeyValue
     leader: KeyValue
     state: KeyValue
+    reservations: KeyValue
+    coordination: KeyValue
 
 
 async def ensure_buckets(

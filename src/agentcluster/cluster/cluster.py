@@ -20,7 +20,6 @@ without ``node=`` the agent goes to the live members in turn. Targets: an agent 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -34,6 +33,8 @@ from agentcluster.cluster.discovery import Discovery, TransportDiscovery, discov
 from agentcluster.cluster.liveness import Role
 from agentcluster.cluster.node import ClusterNode
 from agentcluster.cluster.outbound import ClusterOutbound
+from agentcluster.cluster.placement import PlacementSpec, Placer, placement_spec
+from agentcluster.cluster.resource_manager import cluster_resources
 from agentcluster.cluster.retrying import retry_for
 from agentcluster.cluster.system_agents import is_system_agent
 from agentcluster.core.discovery import Discovered, TransportConfig, parse_discovery
@@ -47,6 +48,7 @@ from agentcluster.errors import (
     ConnectionClosed,
     DiscoveryFailed,
     NoAvailableNode,
+    NodeUnavailable,
 )
 from agentcluster.transport.interface import Connection, Storage
 from agentcluster.transport.memory import MemoryTransport
@@ -64,7 +66,7 @@ class Cluster:
             raise ConfigurationError("a cluster needs at least one node")
         self._nodes = {node.node_id: node for node in nodes}
         self.hub = hub
-        self._placement = itertools.count()
+        self._placers: dict[str, Placer] = {}
         self.visible_within = 5.0
         self.control_timeout = 10.0
         self.discovery: Discovery | None = None
@@ -80,9 +82,14 @@ class Cluster:
         timing: LeaseTiming | None = None,
         clock: Clock | None = None,
         labels: Mapping[str, Mapping[str, str]] | None = None,
+        capacity: Mapping[str, Mapping[str, float]] | None = None,
+        node_capabilities: Mapping[str, Sequence[str]] | None = None,
         unavailable_ttl: float = 60.0,
     ) -> AsyncIterator[Cluster]:
-        """An in-process cluster of ``nodes`` nodes named ``n1``…; stopped on exit."""
+        """An in-process cluster of ``nodes`` nodes named ``n1``…; stopped on exit.
+
+        ``labels``, ``capacity`` and ``node_capabilities`` are per node id (a node given no
+        capacity declares this machine's cpu count and memory)."""
         if nodes < 1:
             raise ConfigurationError(f"nodes must be >= 1, not {nodes!r}")
         hub = MemoryTransport(seed=seed)
@@ -95,6 +102,8 @@ class Cluster:
                 f"n{i}",
                 connect,
                 labels=(labels or {}).get(f"n{i}"),
+                capacity=(capacity or {}).get(f"n{i}"),
+                capabilities=tuple((node_capabilities or {}).get(f"n{i}", ())),
                 timing=timing,
                 clock=clock,
                 seed=f"{seed}/n{i}",
@@ -126,6 +135,7 @@ class Cluster:
         role: Role = "node",
         labels: Mapping[str, str] | None = None,
         capacity: Mapping[str, float] | None = None,
+        node_capabilities: Sequence[str] = (),
         timing: LeaseTiming | None = None,
         replicas: int = 1,
         storage: Storage = "file",
@@ -173,6 +183,7 @@ class Cluster:
             connect,
             labels=labels,
             capacity=capacity,
+            capabilities=tuple(node_capabilities),
             timing=timing,
             role=role,
             replicas=replicas,
@@ -258,19 +269,35 @@ class Cluster:
 
     # --- agents ---------------------------------------------------------------------
 
-    def _place(self) -> str:
-        """The next live member, in turn (placement strategies are a later issue)."""
-        hosting = sorted(
-            record.id
-            for record in self.members().values()
-            if record.status is NodeStatus.ALIVE and record.id not in self._clients()
-        )
-        if not hosting:
-            raise NoAvailableNode("no live node to start an agent on")
-        return hosting[next(self._placement) % len(hosting)]
-
     def _clients(self) -> set[str]:
         return {n.node_id for n in self._nodes.values() if n.role == "client"}
+
+    def _placer(self) -> Placer:
+        via = self._entry_node()
+        placer = self._placers.get(via.node_id)
+        if placer is None:
+            placer = Placer(via, seed=f"{via.node_id}/placement")
+            self._placers[via.node_id] = placer
+        return placer
+
+    def select_node(
+        self,
+        spec: str | Mapping[str, Any] | PlacementSpec | None = None,
+        strategy: str | None = None,
+        *,
+        agent_id: str = "",
+        exclude: Sequence[str] = (),
+    ) -> str:
+        """The node a placement would choose now (the seeds' ``select_optimal_node``):
+        ``spec`` is a strategy name or a mapping (``resources``, ``requires``, ``zone``,
+        ``region``, ``key``), ``strategy`` overrides its strategy. Raises
+        ``NoAvailableNode`` whose ``reason`` says why no node qualifies."""
+        placement = placement_spec(spec)
+        if strategy is not None:
+            placement = placement_spec(
+                {**placement.to_json(), "strategy": strategy}, placement.resources
+            )
+        return self._placer().select(agent_id, placement, exclude=exclude)
 
     async def start_agent(
         self,
@@ -278,12 +305,21 @@ class Cluster:
         id: str,
         *,
         node: str | None = None,
+        placement: str | Mapping[str, Any] | PlacementSpec | None = None,
+        resources: Mapping[str, float] | None = None,
         capabilities: tuple[str, ...] | list[str] | None = None,
         state: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> AgentEntry:
-        """Start ``agent`` (a class, ``"module:Class"`` or a restart spec) as ``id`` on
-        ``node`` (the live members in turn if omitted).
+        """Start ``agent`` (a class, ``"module:Class"`` or a restart spec) as ``id``.
+
+        Without ``node`` a placement strategy chooses (``placement``: a strategy name of
+        ``core.placement``, default ``least_loaded``, or a mapping with ``strategy``,
+        ``requires`` (node capabilities), ``zone``, ``region``, ``key``). ``resources``
+        (e.g. ``{"cpu": 1, "memory_mb": 256, "gpu": 1}``) are reserved on the chosen node
+        by compare-and-set; a node that filled up meanwhile is passed over and the next
+        choice tried, and ``NoAvailableNode`` (``reason`` ``no_capacity``, …) is raised
+        when none can take it.
 
         On a node of this process the agent starts directly; on another node the request
         goes over the control subject and the class must be importable there. Returns once
@@ -291,21 +327,80 @@ class Cluster:
         ``visible_within`` seconds), so the agent can be addressed at once.
         """
         via = self._entry_node()
-        target = node if node is not None else self._place()
+        chosen = placement_spec(placement, resources)
+        if node is not None:
+            return await self._start_on(node, agent, id, chosen, capabilities, state, options)
+        tried: list[str] = []
+        last: NoAvailableNode | None = None
+        while True:
+            try:
+                target = self._placer().select(id, chosen, exclude=tried)
+            except NoAvailableNode:
+                if last is not None:
+                    raise last from None
+                raise
+            try:
+                return await self._start_on(target, agent, id, chosen, capabilities, state, options)
+            except NoAvailableNode as error:
+                if error.reason != "no_capacity":
+                    raise
+                last = error
+                tried.append(target)
+            except NodeUnavailable as error:
+                last = NoAvailableNode(str(error), reason="no_nodes", agent_id=id)
+                tried.append(target)
+            if via.stopped:
+                raise last
+
+    async def _start_on(
+        self,
+        target: str,
+        agent: AgentSource,
+        id: str,
+        chosen: PlacementSpec,
+        capabilities: tuple[str, ...] | list[str] | None,
+        state: Mapping[str, Any] | None,
+        options: dict[str, Any],
+    ) -> AgentEntry:
+        via = self._entry_node()
         local = self._nodes.get(target)
         if local is not None and local.role == "node" and not local.stopped:
             entry = await local.start_agent(
-                agent, id, capabilities=tuple(capabilities or ()), state=state, **options
+                agent,
+                id,
+                capabilities=tuple(capabilities or ()),
+                state=state,
+                resources=chosen.resources,
+                placement=chosen.to_json(),
+                **options,
             )
             revision = None if local.registry is None else local.registry.revision_of(id)
         else:
             if via.data is None:
                 raise ConnectionClosed("the cluster is not started")
-            spec = spec_of(agent, capabilities=capabilities, state=state, **options)
+            spec = spec_of(
+                agent,
+                capabilities=capabilities,
+                state=state,
+                resources=dict(chosen.resources) or None,
+                placement=chosen.to_json(),
+                **options,
+            )
             entry, revision = await request_start(via.data, target, id, spec, self.control_timeout)
         if via.registry is not None and revision is not None:
             await via.registry.wait_for(id, revision, self.visible_within)
         return entry
+
+    def resources(self) -> dict[str, Any]:
+        """Capacity, reservations and use per live node and in total (the seeds'
+        ``get_cluster_resources``), from this process's caches.
+
+        ``capacity``: what each node declared; ``reserved``: everything its reservations
+        key holds (running agents and placements under way); ``used``: the part held by
+        agents the registry shows running there; ``free``: capacity minus reserved;
+        ``load``: the node's reported mailbox load (0..1); ``agents``: its user agents.
+        """
+        return cluster_resources(self._entry_node())
 
     async def stop_agent(self, id: str) -> bool:
         """Stop the agent wherever it runs and remove its entry; False if it is not found."""

@@ -3,7 +3,8 @@
 An agent that may be started by another process (``start_agent(..., node="n2")`` from a
 client, a node process's ``--agents``, failover later) is named by its **restart spec**:
 JSON holding the import path of its class (``"module:Class"``) and the parameters of the
-start (initial state, capabilities, restart type). ``spec_of`` builds it and refuses a
+start (initial state, capabilities, restart type, the resources it reserves and the
+placement strategy that chose its node). ``spec_of`` builds it and refuses a
 class that another process could not import (defined in ``__main__`` or inside a
 function); ``load_agent_class`` turns the path back into the class and checks it is an
 ``Agent``.
@@ -57,7 +58,7 @@ _log = logging.getLogger("agentcluster.cluster.control")
 AgentSource = type[Agent] | str | Mapping[str, Any]
 """What ``start_agent`` takes: a class, an import path ``"module:Class"``, or a spec."""
 
-_SPEC_KEYS = frozenset({"class", "state", "capabilities", "restart"})
+_SPEC_KEYS = frozenset({"class", "state", "capabilities", "restart", "resources", "placement"})
 
 
 def control_subject(node_id: str) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
@@ -45,12 +46,19 @@ from agentcluster.cluster.liveness import LivenessHooks, NodeLiveness, Role
 from agentcluster.cluster.membership import JoinSpec, Vitals
 from agentcluster.cluster.outbound import ClusterOutbound
 from agentcluster.cluster.registry import Registry
+from agentcluster.cluster.resources import Reservations
 from agentcluster.cluster.routing import Placement, Router
 from agentcluster.cluster.system_agents import SystemAgents, is_system_agent, start_system_agents
 from agentcluster.core.lease import LeaseTiming
 from agentcluster.core.membership import NodeRecord, NodeStatus
 from agentcluster.core.registry import AgentEntry, AgentStatus
-from agentcluster.errors import AgentExists, ConnectionClosed, NodeSuperseded, UsageError
+from agentcluster.core.reservations import Reservation, check_resources
+from agentcluster.errors import (
+    AgentClusterError,
+    ConnectionClosed,
+    NodeSuperseded,
+    UsageError,
+)
 from agentcluster.transport.interface import Connection, Storage
 
 __all__ = ["ClusterNode", "Connect"]
@@ -75,6 +83,17 @@ _START_KEYS = ("state", "restart")
 """Options of ``LocalNode.start_agent`` a restart spec carries."""
 
 
+def detected_capacity() -> dict[str, float]:
+    """What a node declares when it is given no capacity: this machine's cpu count and
+    memory (MiB). Custom resources (``gpu``, …) are never guessed: undeclared means 0."""
+    import psutil
+
+    return {
+        "cpu": float(os.cpu_count() or 1),
+        "memory_mb": float(psutil.virtual_memory().total // (1024 * 1024)),
+    }
+
+
 class ClusterNode:
     """A node of the cluster (see the module docstring)."""
 
@@ -85,6 +104,7 @@ class ClusterNode:
         *,
         labels: Mapping[str, str] | None = None,
         capacity: Mapping[str, float] | None = None,
+        capabilities: tuple[str, ...] | list[str] = (),
         timing: LeaseTiming | None = None,
         clock: Clock | None = None,
         seed: str | None = None,
@@ -96,7 +116,10 @@ class ClusterNode:
         self.node_id = node_id
         self.role: Role = role
         self._connect = connect
-        self._spec = JoinSpec(node_id, dict(labels or {}), (), dict(capacity or {}))
+        declared = detected_capacity() if capacity is None and role == "node" else capacity
+        self._spec = JoinSpec(
+            node_id, dict(labels or {}), tuple(capabilities), dict(declared or {})
+        )
         self._timing = timing
         self._clock = clock
         self._replicas = replicas
@@ -106,6 +129,7 @@ class ClusterNode:
         self.local = LocalNode(node_id, clock=clock, seed=seed)
         self.liveness: NodeLiveness | None = None
         self.registry: Registry | None = None
+        self.reservations: Reservations | None = None
         self.router: Router | None = None
         self.outbound: ClusterOutbound | None = None
         self.data: Connection | None = None
@@ -162,6 +186,11 @@ class ClusterNode:
             (lambda: renewer.stamps) if renewer is not None else self._client_stamps,
         )
         await self.registry.start()
+        self.reservations = Reservations(
+            liveness.buckets.reservations,
+            (lambda: renewer.stamps) if renewer is not None else self._client_stamps,
+        )
+        await self.reservations.start()
         self.router = Router(
             self.node_id, liveness.incarnation, data, self.local, self._resolve, clock=self._clock
         )
@@ -212,6 +241,8 @@ class ClusterNode:
             await self.dead_letters.stop()
         if self.registry is not None:
             await self.registry.stop()
+        if self.reservations is not None:
+            await self.reservations.stop()
         if self.liveness is not None:
             if leave:
                 await self.liveness.leave()
@@ -233,16 +264,33 @@ class ClusterNode:
 
     # --- agents ---------------------------------------------------------------------
 
+    @property
+    def local_labels(self) -> dict[str, str]:
+        """The labels this node declared (zone, region, …)."""
+        return dict(self._spec.labels)
+
+    @property
+    def capacity(self) -> dict[str, float]:
+        """What this node declared it can host, per resource."""
+        return dict(self._spec.capacity)
+
     async def start_agent(
         self,
         agent: AgentSource,
         agent_id: str,
         *,
         capabilities: tuple[str, ...] = (),
+        resources: Mapping[str, float] | None = None,
+        placement: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> AgentEntry:
         """Start ``agent`` (a class, ``"module:Class"`` or a restart spec) here and register
-        it; ``AgentExists`` if the id lives elsewhere."""
+        it; ``AgentExists`` if the id lives elsewhere.
+
+        With ``resources``, they are reserved on this node first (one compare-and-set on
+        its reservations key, ``NoAvailableNode(reason="no_capacity")`` when they do not
+        fit) and released again if the start or the registration fails.
+        """
         if self.role != "node":
             raise UsageError(f"{self.node_id!r} is a client: it hosts no agents")
         if self.superseded is not None:
@@ -256,32 +304,74 @@ class ClusterNode:
             spec = spec_of(agent)
             cls = load_agent_class(spec["class"])
             capabilities = capabilities or tuple(spec.get("capabilities", ()))
+            if resources is None:
+                resources = spec.get("resources")
+            if placement is None:
+                placement = spec.get("placement")
             for key in _START_KEYS:
                 if key in spec:
                     options.setdefault(key, spec[key])
+        wanted = check_resources(resources)
         for key in _START_KEYS:
             if key in options and options[key] is not None:
                 spec[key] = options[key]
+        if wanted:
+            spec["resources"] = wanted
+        if placement:
+            spec["placement"] = dict(placement)
         held = registry.lookup(agent_id)
         if held is not None and held.node == self.node_id and self.local.lookup(agent_id):
             return held
-        await self.local.start_agent(cls, agent_id, capabilities=capabilities, **options)
+        incarnation = 1 if held is None else held.incarnation + 1
+        reserved = await self._reserve(agent_id, incarnation, wanted)
+        try:
+            await self.local.start_agent(cls, agent_id, capabilities=capabilities, **options)
+        except BaseException:
+            await self._release(agent_id, incarnation, reserved)
+            raise
         entry = AgentEntry(
             agent_id,
             self.node_id,
             self.incarnation,
+            incarnation=incarnation,
             capabilities=tuple(capabilities) or tuple(cls.capabilities),
             spec=spec,
         )
         try:
             written, _revision = await registry.register(entry, self.members())
-        except AgentExists:
+        except BaseException:
             await self.local.stop_agent(agent_id)
+            await self._release(agent_id, incarnation, reserved)
             raise
+        if reserved and written.incarnation != incarnation:
+            await self._reservations().replace(
+                self.node_id,
+                self._spec.capacity,
+                (agent_id, incarnation),
+                Reservation(agent_id, written.incarnation, wanted),
+            )
         return written
 
+    async def _reserve(self, agent_id: str, incarnation: int, wanted: Mapping[str, float]) -> bool:
+        if not wanted:
+            return False
+        await self._reservations().reserve(
+            self.node_id, self._spec.capacity, Reservation(agent_id, incarnation, wanted)
+        )
+        return True
+
+    async def _release(self, agent_id: str, incarnation: int, reserved: bool) -> None:
+        """Give back a reservation; a failure here leaves it to the collector."""
+        if not reserved:
+            return
+        try:
+            await self._reservations().release(self.node_id, [(agent_id, incarnation)])
+        except AgentClusterError as error:
+            _log.warning("reservation of %r left to the collector: %s", agent_id, error)
+
     async def stop_agent(self, agent_id: str) -> bool:
-        """Stop a local agent and remove its registry entry; False if it is not here."""
+        """Stop a local agent, remove its registry entry and release its reservation;
+        False if it is not here."""
         if self.local.lookup(agent_id) is None:
             return False
         await self.local.stop_agent(agent_id)
@@ -290,7 +380,15 @@ class ClusterNode:
         entry = registry.lookup(agent_id)
         if revision is not None and entry is not None and entry.node == self.node_id:
             await registry.unregister(agent_id, revision)
+            reservations = self._reservations()
+            if reservations.of(self.node_id).holds((agent_id, entry.incarnation)):
+                await self._release(agent_id, entry.incarnation, True)
         return True
+
+    def _reservations(self) -> Reservations:
+        if self.reservations is None:
+            raise ConnectionClosed(f"node {self.node_id!r} is not started")
+        return self.reservations
 
     def _registry(self) -> Registry:
         if self.registry is None:
@@ -305,7 +403,7 @@ class ClusterNode:
 
     def _vitals(self) -> Vitals:
         count = len(self.local) - (0 if self.system is None else len(self.system.ids))
-        return Vitals(agent_count=count, load=0.0)
+        return Vitals(agent_count=count, load=self.local.mailbox_load())
 
     # --- the lease drives the agents ------------------------------------------------
 

@@ -18,6 +18,7 @@ from agentcluster.agent.node import Capability, LocalNode, Target
 from agentcluster.cluster.registry import Registry
 from agentcluster.cluster.routing import Router
 from agentcluster.core.balance import RoundRobin
+from agentcluster.core.circuit_breaker import BreakerBoard
 from agentcluster.core.signal import Signal
 from agentcluster.errors import AgentNotFound, ConfigurationError
 
@@ -39,6 +40,8 @@ class ClusterOutbound:
         self._local = local
         self._suspected = suspected
         self._round_robin = RoundRobin()
+        self.node_breakers = BreakerBoard()
+        self.agent_breakers = BreakerBoard()
 
     def _pick(self, capability: str, holders: tuple[str, ...]) -> str:
         suspected = self._suspected

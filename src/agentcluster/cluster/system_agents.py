@@ -51,7 +51,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -59,6 +59,16 @@ from agentcluster.agent.action import Action, NoParams
 from agentcluster.agent.agent import Agent
 from agentcluster.agent.context import Context
 from agentcluster.agent.supervisor import Supervisor
+from agentcluster.cluster.resource_manager import RESOURCE_MANAGER, ResourceManagerAgent
+from agentcluster.cluster.system_base import (
+    CLUSTER_SERVICE,
+    SYSTEM_CAPABILITY,
+    SystemAgent,
+    cluster_node,
+    is_system_agent,
+    liveness_started,
+    system_agent_id,
+)
 from agentcluster.core.expiry import ExpiryPlan, PendingDeletion, plan_expiry
 from agentcluster.core.membership import NodeStatus
 from agentcluster.core.registry import AgentEntry, AgentMode, AgentStatus
@@ -75,6 +85,7 @@ __all__ = [
     "FAILURE_DETECTOR",
     "NODE_DISCOVERY",
     "REGISTRY_KEEPER",
+    "RESOURCE_MANAGER",
     "SUPERVISOR_ID",
     "SYSTEM_AGENTS",
     "SYSTEM_CAPABILITY",
@@ -90,6 +101,7 @@ __all__ = [
     "PendingDeletion",
     "RegistryKeeperAgent",
     "RegistryKeeperState",
+    "ResourceManagerAgent",
     "SystemAgent",
     "SystemAgents",
     "is_system_agent",
@@ -104,14 +116,8 @@ __all__ = [
 
 _log = logging.getLogger("agentcluster.cluster.system_agents")
 
-CLUSTER_SERVICE = "cluster"
-"""The ``LocalNode.services`` key under which a node lends itself to its system agents."""
-
 SUPERVISOR_ID = "clustering"
 """The id of the clustering supervisor on each ``LocalNode``."""
-
-SYSTEM_CAPABILITY = "system"
-"""Every system agent holds it, and ``system.<name>`` for its role."""
 
 NODE_DISCOVERY = "node_discovery"
 FAILURE_DETECTOR = "failure_detector"
@@ -121,44 +127,6 @@ _HISTORY = 32
 """Membership changes and deletions remembered in a system agent's state."""
 
 """Deletions per sweep, so one sweep stays short; the rest wait for the next one."""
-
-
-def system_agent_id(node_id: str, name: str) -> str:
-    """The id of the system agent ``name`` (e.g. ``failure_detector``) on ``node_id``."""
-    return f"system.{node_id}.{name}"
-
-
-def is_system_agent(capabilities: Iterable[str]) -> bool:
-    """Whether an agent with these capabilities is a system agent (not a user's)."""
-    return SYSTEM_CAPABILITY in capabilities
-
-
-def _cluster_node(ctx: Context) -> ClusterNode:
-    node = ctx.node.services.get(CLUSTER_SERVICE)
-    if node is None:
-        raise ConfigurationError(
-            f"system agent {ctx.agent_id!r} runs on a node that lends no "
-            f"services[{CLUSTER_SERVICE!r}]; start it with start_system_agents",
-            agent_id=ctx.agent_id,
-        )
-    return node  # type: ignore[no-any-return]
-
-
-def _started(liveness: NodeLiveness | None) -> bool:
-    # The membership, heartbeats and leadership exist once liveness has started.
-    return liveness is not None and liveness.buckets is not None
-
-
-class SystemAgent(Agent):
-    """Base of the system agents.
-
-    ``runs_while_paused``: a node whose lease lapsed pauses its agents, but the failure
-    detector is how an operator sees that lapse, so system agents keep running. They may:
-    discovery and the detector only read, and every write the keeper makes is behind the
-    fence (``liveness.valid()``). Takes effect once the agent server honours the flag.
-    """
-
-    runs_while_paused: ClassVar[bool] = True
 
 
 # --- node discovery ---------------------------------------------------------------------
@@ -248,11 +216,11 @@ class NodeDiscoveryState(BaseModel):
 
 def _discover(ctx: Context) -> dict[str, Any]:
     """The state changes of a refresh: the membership cache read now."""
-    node = _cluster_node(ctx)
+    node = cluster_node(ctx)
     liveness = node.liveness
     state: NodeDiscoveryState = ctx.state
     now = ctx.node.clock.monotonic()
-    if not _started(liveness):
+    if not liveness_started(liveness):
         return {"node_id": node.node_id, "refreshed_at": now}
     assert liveness is not None
     membership = liveness.membership
@@ -434,10 +402,10 @@ class FailureDetectorState(BaseModel):
 
 def _detect(ctx: Context) -> dict[str, Any]:
     """The state changes of a refresh: the lease and the detectors read now."""
-    node = _cluster_node(ctx)
+    node = cluster_node(ctx)
     liveness = node.liveness
     now = ctx.node.clock.monotonic()
-    if not _started(liveness):
+    if not liveness_started(liveness):
         return {"node_id": node.node_id, "lease": lease_view(liveness), "refreshed_at": now}
     assert liveness is not None
     heartbeats = liveness.heartbeats
@@ -627,7 +595,7 @@ async def _expire(
 ) -> tuple[list[str], dict[str, Any]]:
     """While this node leads: delete the plain entries unavailable for the ttl."""
     liveness, registry = node.liveness, node.registry
-    leader = liveness.leader() if _started(liveness) and liveness is not None else None
+    leader = liveness.leader() if liveness_started(liveness) and liveness is not None else None
     leading = liveness is not None and leader is not None and liveness.is_leader
     if not leading or registry is None or liveness is None or leader is None:
         return [], {"leader": False, "term": None, "pending": {}}
@@ -675,7 +643,7 @@ async def _sweep(ctx: Context) -> tuple[list[str], dict[str, Any]]:
 
     Returns the ids deleted and the state changes.
     """
-    node = _cluster_node(ctx)
+    node = cluster_node(ctx)
     state: RegistryKeeperState = ctx.state
     repaired = await _repair_own_entries(node)
     deleted, changes = await _expire(node, state, ctx.node.clock.monotonic())
@@ -703,7 +671,7 @@ class KeeperStatus(Action):
     name = "status"
 
     async def run(self, params: NoParams, ctx: Context) -> Any:
-        changes = _cache_stats(_cluster_node(ctx))
+        changes = _cache_stats(cluster_node(ctx))
         return _keeper_status(changes, ctx.state), ctx.set(**changes)
 
 
@@ -719,7 +687,7 @@ class RegistryKeeperAgent(SystemAgent):
 
     def mount(self, ctx: Context) -> Any:
         return None, [
-            ctx.set(**_cache_stats(_cluster_node(ctx))),
+            ctx.set(**_cache_stats(cluster_node(ctx))),
             ctx.schedule(KeeperSweep, every=ctx.state.refresh_interval, key="sweep"),
         ]
 
@@ -730,6 +698,7 @@ SYSTEM_AGENTS: Mapping[str, type[Agent]] = {
     NODE_DISCOVERY: NodeDiscoveryAgent,
     FAILURE_DETECTOR: FailureDetectorAgent,
     REGISTRY_KEEPER: RegistryKeeperAgent,
+    RESOURCE_MANAGER: ResourceManagerAgent,
 }
 """Every system agent by role name, in start order."""
 
@@ -758,6 +727,7 @@ async def start_system_agents(
     node: ClusterNode,
     *,
     unavailable_ttl: float = 60.0,
+    reservation_grace: float = 15.0,
     refresh_interval: float = 1.0,
     max_restarts: int = 5,
     restart_period: float = 10.0,
@@ -772,6 +742,7 @@ async def start_system_agents(
     """
     _seconds("unavailable_ttl", unavailable_ttl)
     _seconds("refresh_interval", refresh_interval)
+    _seconds("reservation_grace", reservation_grace)
     if node.registry is None or node.liveness is None:
         raise ConfigurationError(f"node {node.node_id!r} is not started")
     local = node.local
@@ -791,6 +762,7 @@ async def start_system_agents(
             "refresh_interval": refresh_interval,
             "unavailable_ttl": unavailable_ttl,
         },
+        RESOURCE_MANAGER: {"refresh_interval": refresh_interval, "grace": reservation_grace},
     }
     ids: dict[str, str] = {}
     for name, agent in SYSTEM_AGENTS.items():

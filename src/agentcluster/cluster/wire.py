@@ -37,6 +37,7 @@ import orjson
 from pydantic import BaseModel
 
 from agentcluster.errors import (
+    NO_NODE_REASONS,
     ActionError,
     ActionFailed,
     ActionTimeout,
@@ -58,6 +59,7 @@ from agentcluster.errors import (
     InvalidRoute,
     InvalidSignal,
     MailboxFull,
+    NoAvailableNode,
     NodeUnavailable,
     NoResponders,
     NoRoute,
@@ -506,6 +508,9 @@ def error_from_dict(data: Mapping[str, Any]) -> AgentClusterError:
             [dict(e) for e in errors if isinstance(e, dict)] if isinstance(errors, list) else [],
             what=str(data.get("what", "params")),
         )
+    elif name == "NoAvailableNode":
+        reason = data.get("reason")
+        error = NoAvailableNode(message, reason=reason if reason in NO_NODE_REASONS else "no_nodes")
     elif name == "SubstrateError":
         code = data.get("code")
         error = SubstrateError(message, code=code if isinstance(code, int) else None)

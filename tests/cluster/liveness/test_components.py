@@ -123,7 +123,14 @@ async def test_buckets_are_created_once_with_their_replicas() -> None:
     first = await ensure_buckets(conn, replicas=3, storage="memory")
     again = await ensure_buckets(conn, replicas=3, storage="memory")
     assert first.nodes.bucket == again.nodes.bucket == "nodes"
-    assert [c.name for c in bucket_configs()] == ["nodes", "agents", "leader", "state"]
+    assert [c.name for c in bucket_configs()] == [
+        "nodes",
+        "agents",
+        "leader",
+        "state",
+        "reservations",
+        "coordination",
+    ]
     assert {c.replicas for c in bucket_configs(3)} == {3}
 
 
