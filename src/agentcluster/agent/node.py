@@ -67,10 +67,16 @@ MAX_CALL_DEPTH = 32
 
 @dataclass(frozen=True, slots=True)
 class Capability:
-    """A target naming a capability: ``one`` holder (round robin) or ``all`` of them."""
+    """A target naming a capability: ``one`` holder or ``all`` of them.
+
+    On a cluster, ``one`` is balanced by the node's request strategy (round robin by
+    default) with circuit breakers and load shedding; ``key`` makes it a sticky session:
+    the same key reaches the same holder while that holder is available.
+    """
 
     name: str
     mode: str = "one"
+    key: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("one", "all"):

@@ -27,6 +27,7 @@ from typing import Any
 
 from agentcluster.agent.node import Capability
 from agentcluster.clock import Clock
+from agentcluster.cluster.balancing import BalancerConfig
 from agentcluster.cluster.control import AgentSource, request_start, request_stop, spec_of
 from agentcluster.cluster.dead_letters import StoredDeadLetter, read_dead_letters
 from agentcluster.cluster.discovery import Discovery, TransportDiscovery, discovery_from
@@ -85,6 +86,7 @@ class Cluster:
         capacity: Mapping[str, Mapping[str, float]] | None = None,
         node_capabilities: Mapping[str, Sequence[str]] | None = None,
         unavailable_ttl: float = 60.0,
+        balancing: BalancerConfig | None = None,
     ) -> AsyncIterator[Cluster]:
         """An in-process cluster of ``nodes`` nodes named ``n1``…; stopped on exit.
 
@@ -108,6 +110,7 @@ class Cluster:
                 clock=clock,
                 seed=f"{seed}/n{i}",
                 unavailable_ttl=unavailable_ttl,
+                balancing=balancing,
             )
             for i in range(1, nodes + 1)
         ]
@@ -140,6 +143,7 @@ class Cluster:
         replicas: int = 1,
         storage: Storage = "file",
         unavailable_ttl: float = 60.0,
+        balancing: BalancerConfig | None = None,
         **nats_options: Any,
     ) -> AsyncIterator[Cluster]:
         """Join the cluster behind ``servers`` (NATS URLs) as one node or a client.
@@ -189,6 +193,7 @@ class Cluster:
             replicas=replicas,
             storage=storage,
             unavailable_ttl=unavailable_ttl,
+            balancing=balancing,
         )
         await node.start()
         try:

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from agentcluster.agent.node import LocalNode
 from agentcluster.clock import Clock
+from agentcluster.cluster.balancing import BalancerConfig
 from agentcluster.cluster.control import (
     AgentSource,
     NodeControl,
@@ -112,8 +113,10 @@ class ClusterNode:
         replicas: int = 1,
         storage: Storage = "file",
         unavailable_ttl: float = 60.0,
+        balancing: BalancerConfig | None = None,
     ) -> None:
         self.node_id = node_id
+        self._balancing = balancing
         self.role: Role = role
         self._connect = connect
         declared = detected_capacity() if capacity is None and role == "node" else capacity
@@ -211,6 +214,9 @@ class ClusterNode:
             self.registry,
             self.local,
             suspected=lambda node: node != own and heartbeats.suspected(node),
+            members=self.members,
+            balancing=self._balancing,
+            labels=self._spec.labels,
         )
         self.local.outbound = self.outbound
         self.local.services["cluster"] = self

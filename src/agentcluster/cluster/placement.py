@@ -155,7 +155,7 @@ class Placer:
         reservations = node.reservations
         liveness = node.liveness
         heartbeats = None if liveness is None else liveness.heartbeats
-        breakers = node.outbound.node_breakers if node.outbound is not None else None
+        breakers = node.outbound.balancer.node_breakers if node.outbound is not None else None
         by_node = {} if registry is None else registry.agents_by_node()
         now = node.local.clock.monotonic()
         allowed = None if self._hosts is None else set(self._hosts())

@@ -1,15 +1,20 @@
 """System agents: the cluster's own functions, run as ordinary agents on every node.
 
 Theory of operation (DESIGN.md, "Everything is an agent"). Every node starts, under one
-*clustering supervisor* (``clustering``, one-for-one, bounded restarts), three agents:
+*clustering supervisor* (``clustering``, one-for-one, bounded restarts), five agents:
 
-========================  ==================================  ==============================
-agent                     id                                  signal types
-========================  ==================================  ==============================
-``NodeDiscoveryAgent``    ``system.<node>.node_discovery``    ``cluster.node_discovery.*``
-``FailureDetectorAgent``  ``system.<node>.failure_detector``  ``cluster.failure_detector.*``
-``RegistryKeeperAgent``   ``system.<node>.registry_keeper``   ``cluster.registry_keeper.*``
-========================  ==================================  ==============================
+========================  ===================================  ===============================
+agent                     id                                   signal types
+========================  ===================================  ===============================
+``NodeDiscoveryAgent``    ``system.<node>.node_discovery``     ``cluster.node_discovery.*``
+``FailureDetectorAgent``  ``system.<node>.failure_detector``   ``cluster.failure_detector.*``
+``RegistryKeeperAgent``   ``system.<node>.registry_keeper``    ``cluster.registry_keeper.*``
+``ResourceManagerAgent``  ``system.<node>.resource_manager``   ``cluster.resource_manager.*``
+``LoadBalancerAgent``     ``system.<node>.load_balancer``      ``cluster.load_balancer.*``
+========================  ===================================  ===============================
+
+The last two live in their own modules (``cluster.resource_manager``,
+``cluster.load_balancer``).
 
 Each is registered in the cluster registry like a user's plain agent, so
 ``cluster.call("system.n2.failure_detector", Signal("cluster.failure_detector.status"))``
@@ -59,6 +64,7 @@ from agentcluster.agent.action import Action, NoParams
 from agentcluster.agent.agent import Agent
 from agentcluster.agent.context import Context
 from agentcluster.agent.supervisor import Supervisor
+from agentcluster.cluster.load_balancer import LOAD_BALANCER, LoadBalancerAgent
 from agentcluster.cluster.resource_manager import RESOURCE_MANAGER, ResourceManagerAgent
 from agentcluster.cluster.system_base import (
     CLUSTER_SERVICE,
@@ -83,6 +89,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLUSTER_SERVICE",
     "FAILURE_DETECTOR",
+    "LOAD_BALANCER",
     "NODE_DISCOVERY",
     "REGISTRY_KEEPER",
     "RESOURCE_MANAGER",
@@ -93,6 +100,7 @@ __all__ = [
     "FailureDetectorAgent",
     "FailureDetectorState",
     "LeaseView",
+    "LoadBalancerAgent",
     "MemberChange",
     "MemberView",
     "NodeDiscoveryAgent",
@@ -699,6 +707,7 @@ SYSTEM_AGENTS: Mapping[str, type[Agent]] = {
     FAILURE_DETECTOR: FailureDetectorAgent,
     REGISTRY_KEEPER: RegistryKeeperAgent,
     RESOURCE_MANAGER: ResourceManagerAgent,
+    LOAD_BALANCER: LoadBalancerAgent,
 }
 """Every system agent by role name, in start order."""
 
@@ -763,6 +772,7 @@ async def start_system_agents(
             "unavailable_ttl": unavailable_ttl,
         },
         RESOURCE_MANAGER: {"refresh_interval": refresh_interval, "grace": reservation_grace},
+        LOAD_BALANCER: {"refresh_interval": refresh_interval},
     }
     ids: dict[str, str] = {}
     for name, agent in SYSTEM_AGENTS.items():
