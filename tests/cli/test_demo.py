@@ -6,6 +6,7 @@ import dataclasses
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +31,8 @@ from agentcluster.examples.orders import (
     PaymentGateway,
     run_demo,
 )
+from agentcluster.examples.placement_demo import judge as placement_judge
+from agentcluster.examples.placement_demo import run_placement_demo
 from agentcluster.sim import VirtualClock, new_virtual_loop
 
 # --- the cluster story, run for real ----------------------------------------------------
@@ -433,3 +436,15 @@ def test_cli_version() -> None:
 
     assert result.exit_code == 0
     assert result.output.startswith("agentcluster ")
+
+
+async def test_placement_demo_places_by_resources_and_zone_and_opens_a_breaker() -> None:
+    report = await run_placement_demo()
+    assert [i.name for i in placement_judge(report) if not i.held] == []
+    assert report.placed["trainer-1"] == report.placed["trainer-2"] == "n1"
+    assert report.refused_reason == "no_capacity"
+    assert report.node_breakers == {"n3": "open"}
+    assert report.resources["nodes"]["n1"]["reserved"]["gpu"] == 2.0
+    # a broken measurement must break an invariant
+    broken = replace(report, reduced={**report.reduced, "agents": 0})
+    assert not broken.ok

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from agentcluster.examples.cluster_demo import Attempt, ClusterDemoReport
     from agentcluster.examples.orders import DemoReport
+    from agentcluster.examples.placement_demo import PlacementDemoReport
 
 __all__ = ["app", "main"]
 
@@ -95,17 +96,76 @@ def demo(
     from rich.console import Console
 
     from agentcluster.examples.cluster_demo import run_cluster_demo
+    from agentcluster.examples.placement_demo import run_placement_demo
 
     console = Console(highlight=False)
+    console.print(
+        "[bold]agentcluster demo[/bold], act 1: placement by resources and zone, a circuit "
+        "breaker opening on a failing node, map-reduce over a capability (3 nodes, Cluster.local)"
+    )
+    with _quiet(verbose):
+        placement, _ = _run(run_placement_demo())
+    _print_placement_report(console, placement)
     target = "whichever node leads" if kill == "leader" else kill
     console.print(
-        f"[bold]agentcluster demo[/bold]: 3 nodes in one process (Cluster.local), 6 agents; "
+        f"\n[bold]agentcluster demo[/bold], act 2: 3 nodes in one process, 6 agents; "
         f"{target} is killed mid-run (seed {seed})"
     )
     with _quiet(verbose):
         report, loop = _run(run_cluster_demo(seed=seed, kill=kill))
     _print_cluster_report(console, report, loop)
-    raise typer.Exit(0 if report.ok else 1)
+    raise typer.Exit(0 if report.ok and placement.ok else 1)
+
+
+def _print_placement_report(console: Console, report: PlacementDemoReport) -> None:
+    from rich.table import Table
+
+    from agentcluster.examples.placement_demo import LABELS, judge
+
+    nodes = Table(title="Placement and resources", title_justify="left")
+    for column in ("node", "zone", "agents placed", "capacity", "reserved", "free"):
+        nodes.add_column(column)
+
+    def amounts(values: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:g}" for k, v in sorted(values.items())) or "-"
+
+    for node, figures in report.resources.get("nodes", {}).items():
+        placed = sorted(a for a, n in report.placed.items() if n == node)
+        nodes.add_row(
+            node,
+            LABELS.get(node, {}).get("zone", "-"),
+            ", ".join(placed),
+            amounts(figures["capacity"]),
+            amounts(figures["reserved"]),
+            amounts(figures["free"]),
+        )
+    console.print(nodes)
+    console.print(
+        f"a third GPU trainer: refused, NoAvailableNode(reason={report.refused_reason!r})"
+    )
+    answered = ", ".join(f"{a} {n}" for a, n in sorted(report.answered_by.items()))
+    console.print(
+        f"requests to Capability('words') with {report.failing_node}'s counters failing: "
+        f"{report.failures} failed, then its breaker opened; afterwards answered by: {answered}"
+    )
+    console.print(
+        "breaker transitions: "
+        + ", ".join(f"{key} ({kind}) -> {state}" for key, kind, state in report.breaker_events)
+    )
+    console.print(
+        f"map-reduce over {len(report.expected)} distinct words: {report.chunk_retries} chunks "
+        f"retried on another counter; {sum(report.reduced.values())} words counted"
+    )
+    checks = Table(title="Invariants (act 1)", title_justify="left")
+    checks.add_column("")
+    checks.add_column("invariant")
+    for invariant in judge(report):
+        mark = "[green]ok[/green]" if invariant.held else "[red]BROKEN[/red]"
+        shown = (
+            invariant.name if invariant.held else f"{invariant.name}\n[dim]{invariant.detail}[/dim]"
+        )
+        checks.add_row(mark, shown)
+    console.print(checks)
 
 
 def _single_node_demo(orders: int, seed: int, verbose: bool) -> None:

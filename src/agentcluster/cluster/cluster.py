@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,6 +29,12 @@ from agentcluster.agent.node import Capability
 from agentcluster.clock import Clock
 from agentcluster.cluster.balancing import BalancerConfig
 from agentcluster.cluster.control import AgentSource, request_start, request_stop, spec_of
+from agentcluster.cluster.coordination.barrier import barrier
+from agentcluster.cluster.coordination.election import Election, OnChange, elect
+from agentcluster.cluster.coordination.locks import LockHandle, acquire_lock
+from agentcluster.cluster.coordination.pipeline import pipeline
+from agentcluster.cluster.coordination.scatter import map_reduce
+from agentcluster.cluster.coordination.vote import VoteResult, vote
 from agentcluster.cluster.dead_letters import StoredDeadLetter, read_dead_letters
 from agentcluster.cluster.discovery import Discovery, TransportDiscovery, discovery_from
 from agentcluster.cluster.liveness import Role
@@ -38,6 +44,7 @@ from agentcluster.cluster.placement import PlacementSpec, Placer, placement_spec
 from agentcluster.cluster.resource_manager import cluster_resources
 from agentcluster.cluster.retrying import retry_for
 from agentcluster.cluster.system_agents import is_system_agent
+from agentcluster.core.consensus import Quorum
 from agentcluster.core.discovery import Discovered, TransportConfig, parse_discovery
 from agentcluster.core.lease import LeaseTiming
 from agentcluster.core.membership import NodeRecord, NodeStatus
@@ -526,3 +533,101 @@ class Cluster:
 
     async def broadcast(self, signal: Signal) -> None:
         await self._outbound().broadcast(signal)
+
+    # --- coordination ---------------------------------------------------------------
+
+    async def lock(
+        self, name: str, *, owner: str | None = None, timeout: float = 10.0
+    ) -> LockHandle:
+        """Take the cluster-wide lock ``name`` (``async with await cluster.lock("x") as
+        held:``). ``held.token`` is its fencing token, larger for every new holder; the
+        lock is released by ``release()`` or when its holder's node is declared dead.
+        Raises ``LockTimeout`` naming the holder after ``timeout`` seconds."""
+        via = self._entry_node()
+        return await acquire_lock(
+            via, name, owner=owner or f"{via.node_id}/{os.urandom(4).hex()}", timeout=timeout
+        )
+
+    async def barrier(
+        self, barrier_id: str, participants: Sequence[str], *, participant: str, timeout: float
+    ) -> None:
+        """Arrive at ``barrier_id`` as ``participant``; return once every one of
+        ``participants`` arrived, or raise ``BarrierTimeout`` naming the missing ones."""
+        await barrier(
+            self._entry_node(), barrier_id, participants, participant=participant, timeout=timeout
+        )
+
+    async def elect(
+        self, group: str, member: str, *, on_change: OnChange | None = None
+    ) -> Election:
+        """Campaign in ``group`` as ``member``: the ``Election`` says who leads, and a
+        follower takes over when the leader resigns or its node is declared dead."""
+        return await elect(self._entry_node(), group, member, on_change=on_change)
+
+    async def vote(
+        self,
+        group: Sequence[str],
+        proposal: Any,
+        *,
+        quorum: Quorum = "majority",
+        timeout: float = 5.0,
+        signal_type: str = "consensus.vote_request",
+        result_type: str = "consensus.result",
+    ) -> VoteResult:
+        """Ask every agent of ``group`` to vote on ``proposal``; accepted when ``quorum``
+        said yes. Unavailable and timed-out members count as such; the result is signalled
+        to the group."""
+        return await vote(
+            self._entry_node(),
+            group,
+            proposal,
+            quorum=quorum,
+            timeout=timeout,
+            signal_type=signal_type,
+            result_type=result_type,
+        )
+
+    async def pipeline(
+        self,
+        stages: Sequence[str | Capability],
+        data: Any,
+        *,
+        timeout: float = 30.0,
+        total_timeout: float | None = None,
+        signal_type: str = "pipeline.process",
+    ) -> Any:
+        """Pass ``data`` through ``stages`` in order (each reply is the next input);
+        ``StageFailed`` names the stage that failed."""
+        return await pipeline(
+            self._entry_node(),
+            stages,
+            data,
+            signal_type=signal_type,
+            timeout=timeout,
+            total_timeout=total_timeout,
+        )
+
+    async def map_reduce(
+        self,
+        capability: str,
+        items: Sequence[Any],
+        *,
+        reduce: Callable[[list[Any]], Any] | None = None,
+        timeout: float = 30.0,
+        chunk_size: int | None = None,
+        attempts: int = 3,
+        signal_type: str = "mapreduce.map",
+    ) -> Any:
+        """Split ``items`` into balanced chunks over the agents holding ``capability``,
+        retry a failed chunk on another agent, and reduce the results in order
+        (``ChunkFailed`` when a chunk failed everywhere)."""
+        return await map_reduce(
+            self._entry_node(),
+            capability,
+            items,
+            reduce=reduce,
+            signal_type=signal_type,
+            chunk_size=chunk_size,
+            timeout=timeout,
+            attempts=attempts,
+        )

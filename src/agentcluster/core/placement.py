@@ -97,7 +97,18 @@ class HashRing:
     sorted runs. A member's points are computed once, when it first joins.
     """
 
-    __slots__ = ("_free_slots", "_members", "_owners", "_points", "_replicas", "_slot_of")
+    __slots__ = (
+        "_free_slots",
+        "_hashed",
+        "_members",
+        "_owners",
+        "_points",
+        "_replicas",
+        "_slot_of",
+    )
+
+    _HASHED_LIMIT = 8192
+    """Keys whose hash is remembered (sessions repeat); past it the memory starts over."""
 
     def __init__(self, replicas: int = 100) -> None:
         if replicas < 1:
@@ -108,6 +119,7 @@ class HashRing:
         self._slot_of: dict[str, int] = {}
         self._free_slots: list[int] = []
         self._members: frozenset[str] = frozenset()
+        self._hashed: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._members)
@@ -159,20 +171,30 @@ class HashRing:
         ring._points = [p for p in self._points if p & _SLOT_MASK in keep]
         return ring
 
-    def lookup(self, key: str, accept: Callable[[str], bool] | None = None) -> str | None:
-        """The member ``key`` belongs to among those ``accept`` allows, or ``None``."""
-        return self.lookup_hash(stable_hash(key), accept)
-
-    def lookup_hash(self, hashed: int, accept: Callable[[str], bool] | None = None) -> str | None:
+    def lookup(
+        self,
+        key: str,
+        accept: Callable[[str], bool] | None = None,
+        *,
+        max_steps: int | None = None,
+    ) -> str | None:
+        """The member ``key`` belongs to among those ``accept`` allows; ``None`` when none
+        is accepted, or none within ``max_steps`` points of the walk."""
         points = self._points
         count = len(points)
         if not count:
             return None
-        start = bisect_left(points, hashed << _SLOT_BITS)
+        hashed = self._hashed.get(key)
+        if hashed is None:
+            if len(self._hashed) >= self._HASHED_LIMIT:
+                self._hashed.clear()
+            hashed = self._hashed[key] = stable_hash(key) << _SLOT_BITS
+        start = bisect_left(points, hashed)
         owners = self._owners
         if accept is None:
             return owners[points[start % count] & _SLOT_MASK]
-        for step in range(count):
+        steps = count if max_steps is None else min(count, max_steps)
+        for step in range(steps):
             member = owners[points[(start + step) % count] & _SLOT_MASK]
             if accept(member):
                 return member
@@ -197,8 +219,8 @@ class _Shape:
         return self._ids
 
 
-def _resource_key(resources: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
-    return tuple(sorted((r, a) for r, a in resources.items() if a > 0))
+def _resource_key(resources: Mapping[str, float]) -> frozenset[tuple[str, float]]:
+    return frozenset(resources.items())
 
 
 def _load_key(node: NodeView) -> tuple[float, int, str]:
@@ -295,7 +317,7 @@ class PlacementStrategy:
 
     def _filter(
         self,
-        key: tuple[frozenset[str], tuple[tuple[str, float], ...]],
+        key: tuple[frozenset[str], frozenset[tuple[str, float]]],
         capabilities: frozenset[str],
         resources: Mapping[str, float],
     ) -> _Shape:
@@ -527,9 +549,9 @@ class _Sticky(PlacementStrategy):
     options = frozenset({"replicas"})
     __slots__ = ("_narrow", "_ring")
 
-    _WALK_SHARE = 4
-    """Above one eligible node in this many, walk the whole ring; below, use a ring of the
-    eligible nodes alone (built once per shape and snapshot), so a walk stays short."""
+    _WALK = 64
+    """Ring points walked past ineligible nodes before switching to a ring of the eligible
+    nodes alone (built once per shape and snapshot); either gives the same answer."""
 
     def __init__(self, rng: random.Random, *, replicas: int = 100) -> None:
         super().__init__(rng)
@@ -541,19 +563,20 @@ class _Sticky(PlacementStrategy):
         self._narrow = {}
 
     def _pick(self, shape: _Shape, request: PlacementRequest) -> NodeView:
-        nodes = shape.nodes
-        if len(nodes) == self._count:
-            found = self._ring.lookup(request.sticky_key)
-        elif len(nodes) * self._WALK_SHARE >= self._count:
-            found = self._ring.lookup(request.sticky_key, shape.ids.__contains__)
+        key = request.sticky_key
+        if len(shape.nodes) == self._count:
+            found = self._ring.lookup(key)
         else:
             ring = self._narrow.get(shape.key)
             if ring is None:
-                ring = self._ring.restricted(shape.ids)
-                if len(self._narrow) >= _MEMO_LIMIT:
-                    self._narrow.clear()
-                self._narrow[shape.key] = ring
-            found = ring.lookup(request.sticky_key)
+                found = self._ring.lookup(key, shape.ids.__contains__, max_steps=self._WALK)
+                if found is None:
+                    ring = self._ring.restricted(shape.ids)
+                    if len(self._narrow) >= _MEMO_LIMIT:
+                        self._narrow.clear()
+                    self._narrow[shape.key] = ring
+            if ring is not None:
+                found = ring.lookup(key)
         assert found is not None  # the eligible nodes are ring members
         return self._by_id[found]
 

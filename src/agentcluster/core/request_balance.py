@@ -718,7 +718,9 @@ class _Sticky(_RoundRobin):
     options = frozenset({"replicas"})
     __slots__ = ("_accept", "_narrow", "_ring")
 
-    _WALK_SHARE = 4
+    _WALK = 64
+    """Ring points walked past excluded holders before switching to a ring of the
+    available holders alone (built once per snapshot); either gives the same answer."""
 
     def __init__(
         self, rng: random.Random, *, max_in_flight: int | None = None, replicas: int = 100
@@ -734,15 +736,20 @@ class _Sticky(_RoundRobin):
 
     def _rebuilt(self, listed: list[HolderView]) -> None:
         self._ring.set_members(h.agent_id for h in listed)
-        self._narrow = None
-        if len(self._ids) * self._WALK_SHARE < len(listed):
-            self._narrow = self._ring.restricted(self._ids)
+        self._narrow = self._ring if len(self._ids) == len(listed) else None
 
     def _pick(self, ctx: RequestContext) -> int:
-        if ctx.key is None:
+        key = ctx.key
+        if key is None:
             return super()._pick(ctx)
-        ring = self._ring if self._narrow is None else self._narrow
-        found = ring.lookup(ctx.key, self._accept)
+        ring = self._narrow
+        found = None
+        if ring is None:
+            found = self._ring.lookup(key, self._accept, max_steps=self._WALK)
+            if found is None:
+                ring = self._narrow = self._ring.restricted(self._ids)
+        if ring is not None:
+            found = ring.lookup(key, self._accept if self._limit is not None else None)
         assert found is not None
         return self._index[found]
 
