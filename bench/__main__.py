@@ -1,7 +1,8 @@
 """``make bench``: run the benchmarks and write a table and JSON under bench/results/.
 
-Usage: ``python -m bench [--quick] [--only runtime|transport|cluster]``. ``--quick`` shrinks
-every size (for a smoke run); the figures reported in notes come from a full run.
+Usage: ``python -m bench [--quick] [--only runtime|transport|cluster|placement]``.
+``--quick`` shrinks every size (for a smoke run); the figures reported in notes come from a
+full run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import cluster, runtime, transport
+from bench import cluster, coordination, placement, runtime, transport
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -246,12 +247,59 @@ def bench_transport(quick: bool) -> None:
     print(f"\nwritten: {RESULTS / 'transport.json'}, {RESULTS / 'transport.md'}")
 
 
+LOCK_KEYS = [
+    "raw_kv_cas_p50_us",
+    "lock_p50_us",
+    "lock_p99_us",
+    "lock_latency_ratio",
+    "barrier_p50_us",
+    "barrier_ratio",
+]
+
+LOCK_GOALS = {"lock_latency_ratio": ("<=", 3.0)}
+
+LOCK_NOTES = """\
+- `raw_kv_cas_p50_us`: one key-value compare-and-set (`update` at the current revision)
+  through the project's transport against the same nats-server, in the same run.
+- `lock_p50_us`: one `Cluster.lock(...)` acquire plus `release()` of an uncontended lock
+  (a create, then a delete at the token's revision); `lock_latency_ratio` divides it by the
+  raw compare-and-set.
+- `barrier_p50_us`: one round of a three-participant barrier from one process (see
+  `bench/coordination.py`); `barrier_ratio` against the raw compare-and-set."""
+
+
+def bench_placement(quick: bool) -> None:
+    decisions = placement.measure_decisions(quick)
+    locks = coordination.run(quick, loop=_loops()[-1])
+    flat: dict[str, Any] = {**decisions, **locks}
+    flat["python"] = platform.python_version()
+    flat["machine"] = platform.machine()
+    (RESULTS / "placement.json").write_text(json.dumps(flat, indent=2, sort_keys=True) + "\n")
+    strategies = placement.table(decisions)
+    lines = ["| metric | value | goal |", "|---|---|---|"]
+    for key in LOCK_KEYS:
+        goal = _verdict(key, locks[key], LOCK_GOALS) if key in LOCK_GOALS else ""
+        lines.append(f"| {key} | {_cell(locks[key])} | {goal} |")
+    lock_table = "\n".join(lines)
+    (RESULTS / "placement.md").write_text(
+        "# Placement, request balancing and coordination benchmark\n\n"
+        "Decision cost of each strategy (pure `core` code, one process), then a lock "
+        "acquire-and-release cycle and a barrier over one nats-server next to one raw "
+        "key-value compare-and-set measured in the same run.\n\n"
+        f"{strategies}\n\n{lock_table}\n\n{LOCK_NOTES}\n"
+    )
+    print(strategies)
+    print()
+    print(lock_table)
+    print(f"\nwritten: {RESULTS / 'placement.json'}, {RESULTS / 'placement.md'}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument(
         "--only",
-        choices=["runtime", "transport", "cluster"],
+        choices=["runtime", "transport", "cluster", "placement"],
         help="run one benchmark instead of all",
     )
     args = parser.parse_args()
@@ -262,6 +310,8 @@ def main() -> int:
         bench_transport(args.quick)
     if args.only in (None, "cluster"):
         bench_cluster(args.quick)
+    if args.only in (None, "placement"):
+        bench_placement(args.quick)
     return 0
 
 

@@ -107,7 +107,8 @@ def node_command(
     if loop not in ("auto", "asyncio", "uvloop"):
         raise typer.BadParameter(f"--loop is auto, asyncio or uvloop, not {loop!r}")
     code = _run_loop(
-        _serve(urls, discovery, node_id, specs, label_map, capacity_map, replicas, timing), loop
+        _serve(urls, discovery, node_id, specs, label_map, capacity_map or None, replicas, timing),
+        loop,
     )
     raise typer.Exit(code)
 
