@@ -132,7 +132,7 @@ async def _serve(
     node_id: str,
     specs: list[tuple[str, str]],
     labels: dict[str, str],
-    capacity: dict[str, float],
+    capacity: dict[str, float] | None,
     replicas: int,
     timing: Any,
 ) -> int:
