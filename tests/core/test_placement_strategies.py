@@ -165,7 +165,7 @@ def placement_requests(draw: st.DrawFn, node_count: int = 8) -> PlacementRequest
 
 
 @pytest.mark.parametrize("name", PLACEMENT_STRATEGIES)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(views=node_views(), requests=st.lists(placement_requests(), min_size=1, max_size=6))
 def test_never_chooses_an_excluded_node_and_names_the_reason(
     name: str, views: list[NodeView], requests: list[PlacementRequest]
@@ -201,7 +201,7 @@ def test_never_chooses_an_excluded_node_and_names_the_reason(
 
 
 @pytest.mark.parametrize("name", PLACEMENT_STRATEGIES)
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(views=node_views(), requests=st.lists(placement_requests(), min_size=1, max_size=6))
 def test_choices_depend_on_the_snapshot_and_seed_not_on_listing_order(
     name: str, views: list[NodeView], requests: list[PlacementRequest]
@@ -231,7 +231,7 @@ def node(node_id: str, **fields: object) -> NodeView:
         "capacity": {"cpu": 4.0, "memory_mb": 1024.0},
     }
     base.update(fields)
-    return NodeView(node_id, **base)  # type: ignore[arg-type]
+    return NodeView(node_id, **base)
 
 
 REASONS = [

@@ -44,7 +44,7 @@ def holder(
         health=health,
         breaker=node_breaker,
     )
-    return HolderView(agent_id, node, **fields)  # type: ignore[arg-type]
+    return HolderView(agent_id, node, **fields)
 
 
 # --- the naive oracle -------------------------------------------------------------
@@ -123,7 +123,7 @@ operations = st.lists(
 
 
 @pytest.mark.parametrize("name", REQUEST_STRATEGIES)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(holders=holder_sets(), limit=st.sampled_from((None, 1, 2, 3)), ops=operations)
 def test_never_chooses_an_excluded_or_saturated_holder_and_names_the_reason(
     name: str,

@@ -19,9 +19,9 @@ from enum import StrEnum
 from agentcluster.core.circuit_breaker import BreakerState
 from agentcluster.core.membership import NodeRecord
 
-__all__ = ["Health", "HolderView", "NodeView", "PlacementRequest", "RequestContext"]
+__all__ = ["FIT_SLACK", "Health", "HolderView", "NodeView", "PlacementRequest", "RequestContext"]
 
-_SLACK = 1e-9
+FIT_SLACK = 1e-9
 """Tolerance when comparing free capacity with a request: reservations are sums of floats."""
 
 
@@ -80,7 +80,7 @@ class NodeView:
     def fits(self, resources: Mapping[str, float]) -> bool:
         """Whether every positive amount of ``resources`` is free here."""
         for resource, amount in resources.items():
-            if amount > 0 and self.free(resource) + _SLACK < amount:
+            if amount > 0 and self.free(resource) + FIT_SLACK < amount:
                 return False
         return True
 

@@ -50,7 +50,7 @@ from hashlib import blake2b
 from typing import Any, ClassVar
 
 from agentcluster.core.circuit_breaker import BreakerState
-from agentcluster.core.node_view import NodeView, PlacementRequest
+from agentcluster.core.node_view import FIT_SLACK, NodeView, PlacementRequest
 from agentcluster.errors import ConfigurationError, NoAvailableNode
 
 __all__ = [
@@ -90,7 +90,7 @@ class HashRing:
     before its own points, about 1/N of them, and no key moves between two members that
     stay. Rendezvous hashing has the same property but costs one hash per member and
     decision; the ring costs one hash and a binary search, and ``replicas`` (100 by
-    default) keeps each member's share within about ±10 % of 1/N.
+    default) keeps the spread of the members' shares near 10 % of 1/N.
 
     Each point is stored as ``hash << 24 | slot`` in one sorted list of ints, the slot
     naming the member, so a look-up is a single ``bisect`` and membership changes merge
@@ -223,6 +223,22 @@ def _resource_key(resources: Mapping[str, float]) -> frozenset[tuple[str, float]
     return frozenset(resources.items())
 
 
+def _fitting(nodes: Iterable[NodeView], resources: Mapping[str, float]) -> list[NodeView]:
+    """``[n for n in nodes if n.fits(resources)]``, inlined: it runs over every node."""
+    needs = [(resource, amount - FIT_SLACK) for resource, amount in resources.items() if amount > 0]
+    if not needs:
+        return list(nodes)
+    fitting = []
+    for node in nodes:
+        capacity, reserved = node.capacity, node.reserved
+        for resource, need in needs:
+            if capacity.get(resource, 0.0) - reserved.get(resource, 0.0) < need:
+                break
+        else:
+            fitting.append(node)
+    return fitting
+
+
 def _load_key(node: NodeView) -> tuple[float, int, str]:
     return (node.load, node.agent_count, node.id)
 
@@ -324,8 +340,12 @@ class PlacementStrategy:
         nodes: tuple[NodeView, ...] = ()
         reason = self._base_reason
         if self._ordered:
-            capable = [node for node in self._ordered if capabilities <= node.capabilities]
-            nodes = tuple(node for node in capable if node.fits(resources))
+            capable = (
+                [node for node in self._ordered if capabilities <= node.capabilities]
+                if capabilities
+                else self._ordered
+            )
+            nodes = tuple(_fitting(capable, resources))
             reason = "no_capability" if not capable else "no_capacity"
         if len(self._memo) >= _MEMO_LIMIT:
             self._memo.clear()
@@ -426,11 +446,13 @@ class _CapacityAware(PlacementStrategy):
 
     def score(self, node: NodeView) -> float:
         """The weighted share of each resource still free on ``node``."""
+        capacity, reserved = node.capacity, node.reserved
         total = 0.0
         for resource, weight in self._weights:
-            capacity = node.capacity.get(resource, 0.0)
-            if capacity > 0:
-                total += weight * max(0.0, min(1.0, node.free(resource) / capacity))
+            declared = capacity.get(resource, 0.0)
+            if declared > 0:
+                share = (declared - reserved.get(resource, 0.0)) / declared
+                total += weight * (0.0 if share < 0 else 1.0 if share > 1 else share)
         return total
 
     def _order(self, available: list[NodeView]) -> list[NodeView]:
