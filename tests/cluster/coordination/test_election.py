@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -37,8 +37,8 @@ class Seen:
     def __init__(self) -> None:
         self.changes: dict[str, list[Leader | None]] = defaultdict(list)
 
-    def hook(self, member: str):  # type: ignore[no-untyped-def]
-        return lambda leader: self.changes[member].append(leader)
+    def hook(self, member: str) -> Callable[[Leader | None], None]:
+        return self.changes[member].append
 
     def leaders_by_term(self) -> dict[int, set[str]]:
         terms: dict[int, set[str]] = defaultdict(set)

@@ -175,6 +175,25 @@ async def test_a_cut_off_holder_is_fenced_then_learns_it_lost_the_lock(cluster: 
     await got.release()
 
 
+async def test_a_store_leader_election_delays_an_acquire_without_breaking_it(
+    cluster: Cluster,
+) -> None:
+    n1, n2, _ = nodes(cluster)
+    assert cluster.hub is not None
+    cluster.hub.faults.leader_election(2.0)
+    started = now()
+    with pytest.raises(LockTimeout):
+        await acquire_lock(n1, "stall", owner="w1", timeout=1)
+    lock = await acquire_lock(n1, "stall", owner="w1", timeout=5)
+    # Writes failed fast, and every lease lapsed meanwhile: taken once both came back.
+    assert now() - started >= 2.0
+    assert cluster.members()["n1"].status is NodeStatus.ALIVE
+    holder = await lock_holder(n2, "stall")
+    assert holder is not None
+    assert holder.token == lock.token
+    await lock.release()
+
+
 async def test_leaving_the_block_with_an_error_releases_and_keeps_the_error(
     cluster: Cluster,
 ) -> None:
@@ -208,6 +227,30 @@ async def test_a_write_whose_reply_was_lost_gives_exactly_one_holding(cluster: C
     assert await lock_holder(n2, "amb") is None
     again = await acquire_lock(n2, "amb", owner="w2", timeout=0)
     assert again.token > lock.token
+
+
+async def test_a_cancelled_acquire_whose_write_lands_later_frees_the_lock(
+    cluster: Cluster,
+) -> None:
+    n1, n2, _ = nodes(cluster)
+    assert cluster.hub is not None
+    cluster.hub.faults.ambiguous_writes(1, apply_after=0.3)
+    attempt = asyncio.create_task(acquire_lock(n1, "cancelled", owner="w1", timeout=5))
+    await asyncio.sleep(0.1)
+    attempt.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await attempt
+    # The create lands at 0.3 s for a caller that is gone: n1 (alive) holds it for nobody...
+    faults = cluster.hub.faults
+    await eventually(lambda: any(r.kind == "ambiguous_applied" for r in faults.records), 1)
+    orphan = await lock_holder(n2, "cancelled")
+    assert orphan is not None
+    assert (orphan.owner, orphan.node) == ("w1", "n1")
+    # ...until the sweep, which saw its stamp, frees it again within a poll.
+    lock = await acquire_lock(n2, "cancelled", owner="w2", timeout=2)
+    assert lock.token > orphan.token
+    assert now() < 1.0
+    await lock.release()
 
 
 async def test_an_acquire_that_gave_up_frees_the_lock_if_its_write_lands_late() -> None:

@@ -119,7 +119,7 @@ async def barrier(
     generation, state = await _arrive(seat, key, barrier_id, group, participant, deadline, timeout)
     if barrier_released(state[1], generation):
         return
-    follower = KeyFollower(seat, key)
+    follower = KeyFollower(seat, key, wake_on_membership=False)
     await follower.start()
     try:
         while True:

@@ -282,7 +282,7 @@ class Election:
         members, complete = await self._seat.members_for(holder)
         self._show(members, complete)
         seat = self._seat
-        if self._closed or not seat.valid() or not complete:
+        if self._closed or not seat.valid():
             return
         action = election_action(
             record, self.member, seat.node_id, seat.incarnation, members, view_complete=complete

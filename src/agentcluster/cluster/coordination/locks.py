@@ -9,7 +9,8 @@ Theory of operation (the rules are ``core.coordination``'s; this module reads, a
   Held by a live holder: it waits, woken by a watch of the key, by every membership change
   and by its own lease changing, re-reading every ``poll`` seconds regardless, until the
   deadline (``LockTimeout``, naming the holder). The store picks one winner per revision,
-  so there are never two holders.
+  so there are never two holders. A lock is not reentrant: a second acquire by the same
+  owner waits like anyone else's.
 - The **fencing token** is the revision of the write that took the lock. Revisions only
   grow, so a later holder always has a higher token; pass it to whatever the lock guards,
   and have that refuse lower tokens than it has seen.
@@ -20,7 +21,8 @@ Theory of operation (the rules are ``core.coordination``'s; this module reads, a
 - ``release`` writes a ``free`` record at the holding's revision. If the key moved, the lock
   had been taken over (its node was declared dead meanwhile): ``LockLost``. The node
   remembers the revision of its ``free`` record, so its next acquire of that lock is one
-  compare-and-set (a lock cycle costs two writes when uncontended).
+  compare-and-set (a lock cycle costs two writes when uncontended). The key is never
+  deleted: each lock name leaves one small record in the bucket.
 - **Ambiguous writes.** Every write is stamped (``buckets.stamped_update`` reads back a
   timed-out write and finds its stamp). A write still unknown after that is remembered
   with the revision it was conditioned on: a later read that finds its stamp means the lock
@@ -229,8 +231,9 @@ class Seat:
 class KeyFollower:
     """The latest entry of one coordination key, from a watch of its kind's prefix.
 
-    ``changed`` is set on every new revision of the key, every membership change and every
-    change of the node's lease: whatever can change a decision about the key. A watcher
+    ``changed`` is set on every new revision of the key and, unless ``wake_on_membership``
+    is False, every membership change and every change of the node's lease: whatever can
+    change a decision about the key. A watcher
     that fell behind is replaced by a fresh one (its snapshot catches up); ``refresh``
     reads the key directly, which a waiter does whenever the watch stayed quiet for a
     ``poll``, so a watch that lags without saying so costs a poll, never a missed change.
@@ -238,8 +241,11 @@ class KeyFollower:
     caches): only this one key matters, and the direct reads cover it.
     """
 
-    def __init__(self, seat: Seat, key: str, *, poll: float = POLL) -> None:
+    def __init__(
+        self, seat: Seat, key: str, *, poll: float = POLL, wake_on_membership: bool = True
+    ) -> None:
         self._seat = seat
+        self._wake_on_membership = wake_on_membership
         self.key = key
         self._prefix = key.split(".", 1)[0]
         self._poll = poll
@@ -253,7 +259,8 @@ class KeyFollower:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._removers = self._seat.listen(self.changed.set)
+        if self._wake_on_membership:
+            self._removers = self._seat.listen(self.changed.set)
         try:
             self._take(await self._seat.kv.watch(self._prefix, pending_limit=_WATCH_PENDING))
         except BaseException:
@@ -656,6 +663,9 @@ class _Acquire:
             self.cause = exc
             self.pending[stamp] = 0 if record is None else revision
             return None
+        except asyncio.CancelledError:
+            self.pending[stamp] = 0 if record is None else revision  # it may still land
+            raise
         if taken_over and record is not None:
             _log.info(
                 "lock %r taken over by %r on %r (token %d) from %r on %r (token %d)",
