@@ -10,6 +10,7 @@ import pytest
 
 from agentcluster import Agent
 from agentcluster.cluster.cluster import Cluster
+from agentcluster.cluster.control import request_start, spec_of
 from agentcluster.cluster.resource_manager import RESOURCE_MANAGER
 from agentcluster.cluster.system_base import system_agent_id
 from agentcluster.core.lease import LeaseTiming
@@ -170,3 +171,27 @@ async def test_a_dead_nodes_reservations_are_collected() -> None:
         survivor = cluster.node(leader[0])
         assert survivor.reservations is not None
         await eventually(lambda: survivor.reservations.reserved(victim) == {}, timeout=60)  # type: ignore[union-attr]
+
+
+async def test_a_remote_start_reserves_from_its_spec_and_keeps_the_placement() -> None:
+    async with _cluster() as cluster:
+        via = cluster.node("n1")
+        assert via.data is not None
+        spec = spec_of(
+            "tests.cluster.facade.test_placement:Worker",
+            resources={"gpu": 1},
+            placement={"strategy": "least_loaded"},
+        )
+        with pytest.raises(NoAvailableNode) as refused:  # the typed error crosses the wire
+            await request_start(via.data, "n2", "remote-gpu", spec, 5.0)
+        assert refused.value.reason == "no_capacity"
+        entry, _ = await request_start(via.data, "n1", "remote-gpu", spec, 5.0)
+        assert entry.node == "n1"
+        assert entry.spec is not None
+        assert entry.spec["resources"] == {"gpu": 1.0}
+        assert entry.spec["placement"] == {"strategy": "least_loaded"}
+        await eventually(
+            lambda: cluster.resources()["nodes"]["n1"]["reserved"] == {"gpu": 1.0}, timeout=5
+        )
+        assert await cluster.stop_agent("remote-gpu")
+        await eventually(lambda: cluster.resources()["nodes"]["n1"]["reserved"] == {}, timeout=5)
