@@ -43,7 +43,6 @@ from agentcluster.cluster.outbound import ClusterOutbound
 from agentcluster.cluster.placement import PlacementSpec, Placer, placement_spec
 from agentcluster.cluster.resource_manager import cluster_resources
 from agentcluster.cluster.retrying import retry_for
-from agentcluster.cluster.system_agents import is_system_agent
 from agentcluster.core.consensus import Quorum
 from agentcluster.core.discovery import Discovered, TransportConfig, parse_discovery
 from agentcluster.core.lease import LeaseTiming
@@ -447,16 +446,8 @@ class Cluster:
         by_node = registry.agents_by_node()
         if system:
             return by_node
-        shown: dict[str, list[str]] = {}
-        for node_id, ids in by_node.items():
-            users = [
-                i
-                for i in ids
-                if (e := registry.lookup(i)) is not None and not is_system_agent(e.capabilities)
-            ]
-            if users:
-                shown[node_id] = users
-        return shown
+        shown = {node_id: registry.user_agents(node_id) for node_id in by_node}
+        return {node_id: ids for node_id, ids in shown.items() if ids}
 
     def topology(self) -> dict[str, Any]:
         """The cluster as this process sees it.

@@ -21,7 +21,6 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agentcluster.cluster.system_agents import is_system_agent
 from agentcluster.core.circuit_breaker import BreakerState
 from agentcluster.core.membership import NodeStatus
 from agentcluster.core.node_view import Health, NodeView, PlacementRequest
@@ -156,7 +155,6 @@ class Placer:
         liveness = node.liveness
         heartbeats = None if liveness is None else liveness.heartbeats
         breakers = node.outbound.balancer.node_breakers if node.outbound is not None else None
-        by_node = {} if registry is None else registry.agents_by_node()
         now = node.local.clock.monotonic()
         allowed = None if self._hosts is None else set(self._hosts())
         views: list[NodeView] = []
@@ -165,12 +163,7 @@ class Placer:
                 continue
             if allowed is not None and node_id not in allowed:
                 continue
-            users = 0
-            if registry is not None:
-                for agent_id in by_node.get(node_id, ()):
-                    entry = registry.lookup(agent_id)
-                    if entry is not None and not is_system_agent(entry.capabilities):
-                        users += 1
+            users = 0 if registry is None else len(registry.user_agents(node_id))
             suspected = (
                 heartbeats is not None and node_id != node.node_id and heartbeats.suspected(node_id)
             )

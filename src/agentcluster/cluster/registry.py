@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from agentcluster.cluster.buckets import BucketWatch, WatchedCache
+from agentcluster.cluster.system_base import is_system_agent
 from agentcluster.core.membership import NodeRecord
 from agentcluster.core.registry import AgentEntry, AgentStatus, RegistryIndex, may_take_over
 from agentcluster.core.stamps import StampSource
@@ -85,6 +86,15 @@ class Registry(WatchedCache):
 
     def agents_by_node(self) -> dict[str, list[str]]:
         return self.index.by_node()
+
+    def user_agents(self, node_id: str) -> list[str]:
+        """The ids of the agents on ``node_id`` that are not system agents."""
+        found = []
+        for agent_id in self.index.on_node(node_id):
+            entry = self.index.lookup(agent_id)
+            if entry is not None and not is_system_agent(entry.capabilities):
+                found.append(agent_id)
+        return found
 
     async def lookup_fresh(
         self, agent_id: str, *, timeout: float | None = None

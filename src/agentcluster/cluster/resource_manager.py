@@ -26,7 +26,6 @@ from agentcluster.cluster.system_base import (
     SYSTEM_CAPABILITY,
     SystemAgent,
     cluster_node,
-    is_system_agent,
     liveness_started,
 )
 from agentcluster.core.membership import NodeStatus
@@ -68,7 +67,6 @@ def cluster_resources(node: Any) -> dict[str, Any]:
     """Capacity, reserved, used and free per live node and in total, from ``node``'s caches
     (a ``ClusterNode``); what ``Cluster.resources()`` returns."""
     registry, reservations = node.registry, node.reservations
-    by_node = {} if registry is None else registry.agents_by_node()
     nodes: dict[str, Any] = {}
     for node_id, record in sorted(node.members().items()):
         if record.status is not NodeStatus.ALIVE:
@@ -88,12 +86,7 @@ def cluster_resources(node: Any) -> dict[str, Any]:
                     for name, amount in reservation.resources.items():
                         used[name] = used.get(name, 0.0) + amount
         capacity = dict(record.capacity)
-        users = 0
-        if registry is not None:
-            for agent_id in by_node.get(node_id, ()):
-                entry = registry.lookup(agent_id)
-                if entry is not None and not is_system_agent(entry.capabilities):
-                    users += 1
+        users = 0 if registry is None else len(registry.user_agents(node_id))
         nodes[node_id] = {
             "capacity": capacity,
             "reserved": reserved,

@@ -4,7 +4,6 @@ a dead participant named, retries and lost replies."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,19 +12,9 @@ from agentcluster.cluster.coordination.barrier import barrier, barrier_key
 from agentcluster.cluster.node import ClusterNode
 from agentcluster.core.coordination import BarrierRecord
 from agentcluster.errors import BarrierTimeout, ConfigurationError, UsageError
-from agentcluster.sim import VirtualClock
+from tests.cluster.coordination.conftest import now
 
 PARTICIPANTS = ("p1", "p2", "p3")
-
-
-def now() -> float:
-    return asyncio.get_running_loop().time()
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    async with Cluster.local(nodes=3, clock=VirtualClock(asyncio.get_running_loop())) as c:
-        yield c
 
 
 def node_of(cluster: Cluster, participant: str) -> ClusterNode:

@@ -3,9 +3,8 @@ the leader's node dies or is cut off, resignation, and strictly increasing terms
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -15,20 +14,10 @@ from agentcluster.core.coordination import Leader
 from agentcluster.core.lease import LeaseTiming
 from agentcluster.core.membership import NodeStatus
 from agentcluster.errors import ConfigurationError, CoordinationError, UsageError
-from agentcluster.sim import VirtualClock
 from agentcluster.testing.waiting import eventually
+from tests.cluster.coordination.conftest import now
 
 DETECTION = LeaseTiming().death_after
-
-
-def now() -> float:
-    return asyncio.get_running_loop().time()
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    async with Cluster.local(nodes=3, clock=VirtualClock(asyncio.get_running_loop())) as c:
-        yield c
 
 
 class Seen:

@@ -4,7 +4,6 @@ takeover from a dead holder, and writes whose replies were lost."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -22,18 +21,9 @@ from agentcluster.errors import ConfigurationError, LockLost, LockTimeout, Usage
 from agentcluster.sim import VirtualClock
 from agentcluster.testing.waiting import eventually
 from agentcluster.transport.interface import Connection
+from tests.cluster.coordination.conftest import now
 
 DETECTION = LeaseTiming().death_after  # F + m: a killed node is declared dead within ~this
-
-
-def now() -> float:
-    return asyncio.get_running_loop().time()
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    async with Cluster.local(nodes=3, clock=VirtualClock(asyncio.get_running_loop())) as c:
-        yield c
 
 
 def nodes(cluster: Cluster) -> tuple[ClusterNode, ClusterNode, ClusterNode]:
