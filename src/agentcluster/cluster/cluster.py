@@ -351,7 +351,10 @@ class Cluster:
                     raise last from None
                 raise
             try:
-                return await self._start_on(target, agent, id, chosen, capabilities, state, options)
+                with self._placer().placing(target):
+                    return await self._start_on(
+                        target, agent, id, chosen, capabilities, state, options
+                    )
             except NoAvailableNode as error:
                 if error.reason != "no_capacity":
                     raise

@@ -11,13 +11,16 @@ A placement is only a proposal: the chosen node reserves the resources itself by
 compare-and-set (``cluster.resources``), so a node that filled up meanwhile refuses with
 ``NoAvailableNode(reason="no_capacity")`` and the caller places again without it.
 Placements are rare next to requests, so views are rebuilt for each one rather than
-maintained incrementally; request balancing (``cluster.outbound``) precomputes instead.
+maintained incrementally; request balancing (``cluster.balancing``) precomputes instead.
+A start under way counts as one more agent on its node (``placing``) until it ends, so
+concurrent placements from one process spread even before the registry shows them.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +136,7 @@ class Placer:
         self._hosts = hosts
         self._rng = random.Random(seed if seed is not None else node.node_id)
         self._strategies: dict[str, PlacementStrategy] = {}
+        self._pending: dict[str, int] = {}
 
     def strategy(self, name: str) -> PlacementStrategy:
         """One strategy object per name, so round robin and the random draws carry on."""
@@ -174,7 +178,7 @@ class Placer:
                     capabilities=frozenset(record.capabilities),
                     capacity=record.capacity,
                     reserved={} if reservations is None else reservations.reserved(node_id),
-                    agent_count=users,
+                    agent_count=users + self._pending.get(node_id, 0),
                     load=record.load,
                     health=Health.UNHEALTHY if suspected else Health.HEALTHY,
                     breaker=BreakerState.CLOSED
@@ -183,6 +187,21 @@ class Placer:
                 )
             )
         return views
+
+    @contextmanager
+    def placing(self, node_id: str) -> Iterator[None]:
+        """Count a start under way on ``node_id`` as one more agent there until it ends, so
+        placements made concurrently from one snapshot spread instead of all choosing
+        the node that looked least loaded."""
+        self._pending[node_id] = self._pending.get(node_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._pending[node_id] - 1
+            if left:
+                self._pending[node_id] = left
+            else:
+                del self._pending[node_id]
 
     def select(self, agent_id: str, spec: PlacementSpec, *, exclude: Collection[str] = ()) -> str:
         """The node ``spec.strategy`` chooses for ``agent_id``; ``NoAvailableNode`` with

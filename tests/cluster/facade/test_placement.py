@@ -195,3 +195,10 @@ async def test_a_remote_start_reserves_from_its_spec_and_keeps_the_placement() -
         )
         assert await cluster.stop_agent("remote-gpu")
         await eventually(lambda: cluster.resources()["nodes"]["n1"]["reserved"] == {}, timeout=5)
+
+
+async def test_concurrent_placements_without_resources_spread_over_the_nodes() -> None:
+    async with _cluster() as cluster:
+        await asyncio.gather(*(cluster.start_agent(Worker, f"c{i}") for i in range(9)))
+        counts = {n: len(ids) for n, ids in cluster.agents_by_node().items()}
+        assert counts == {"n1": 3, "n2": 3, "n3": 3}
