@@ -48,6 +48,7 @@ log line or a retry loop needs (``agent_id``, ``node_id``, ``retryable``) and a
     │   ├── LockTimeout                 retryable; the lock stayed held (also a TimeoutError)
     │   ├── LockLost                    the lock is no longer ours (a newer fencing token)
     │   ├── BarrierTimeout              retryable; ``missing`` participants never arrived
+    │   ├── ElectionTimeout             retryable; no live leader of the group appeared in time
     │   ├── StageFailed                 a pipeline stage failed; names ``stage`` and its agent
     │   └── ChunkFailed                 a map-reduce chunk failed on every agent tried
     └── TransportError                  the substrate (NATS or the memory backend) said no
@@ -478,6 +479,19 @@ class BarrierTimeout(CoordinationError, TimeoutError):
         )
         self.barrier_id = barrier_id
         self.missing = missing
+        self.timeout = timeout
+
+
+class ElectionTimeout(CoordinationError, TimeoutError):
+    """No live leader of the group appeared within the wait's timeout."""
+
+    reason = "election_timeout"
+    default_retryable = True
+
+    def __init__(self, group: str, timeout: float, detail: str = "") -> None:
+        tail = f" ({detail})" if detail else ""
+        super().__init__(f"election {group!r}: no live leader within {timeout:g} s{tail}")
+        self.group = group
         self.timeout = timeout
 
 

@@ -60,6 +60,7 @@ from agentcluster.errors import (
     ConnectionClosed,
     CoordinationError,
     CorruptRecord,
+    ElectionTimeout,
     KeyExists,
     NoResponders,
     RequestTimeout,
@@ -185,7 +186,8 @@ class Election:
 
     async def wait_leader(self, timeout: float) -> Leader:
         """The live leader, waiting at most ``timeout`` seconds for there to be one;
-        ``CoordinationError`` naming the group when none appeared in time."""
+        ``ElectionTimeout`` naming the group when none appeared in time
+        (``CoordinationError`` when the election is closed)."""
         if self._closed:
             raise CoordinationError(f"{self._who()}: the election is closed")
         loop = asyncio.get_running_loop()
@@ -193,9 +195,8 @@ class Election:
         while self._view is None:
             remaining = deadline - loop.time()
             if remaining <= 0 or self._closed:
-                raise CoordinationError(
-                    f"election {self.group!r}: no live leader within {timeout:g} s "
-                    f"(as {self.member!r} on {self._seat.node_id!r} sees it)"
+                raise ElectionTimeout(
+                    self.group, timeout, f"as {self.member!r} on {self._seat.node_id!r} sees it"
                 )
             self._view_changed.clear()
             try:
