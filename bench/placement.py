@@ -340,3 +340,55 @@ def table(results: dict[str, float]) -> str:
 
 if __name__ == "__main__":
     print(table(measure_decisions("--quick" in sys.argv[1:])))
+
+
+async def _balanced_calls(calls: int, repeats: int) -> dict[str, float]:
+    from agentcluster import Action, Agent, Capability, Signal
+    from agentcluster.cluster import Cluster
+
+    class Pong(Action):
+        """Answer at once."""
+
+        async def run(self, params: object, ctx: object) -> object:
+            return {"ok": True}
+
+    class Pinged(Agent):
+        routes = {"bench.ping": Pong}
+        capabilities = ["bench"]
+
+    by_id: list[float] = []
+    balanced: list[float] = []
+    async with Cluster.local(nodes=3) as cluster:
+        for node in ("n2", "n3"):
+            await cluster.start_agent(Pinged, f"pinged-{node}", node=node)
+        for _ in range(min(500, calls)):
+            await cluster.call("pinged-n2", Signal("bench.ping"))
+            await cluster.call(Capability("bench"), Signal("bench.ping"))
+        for _ in range(repeats):
+            ids: list[float] = []
+            caps: list[float] = []
+            for _ in range(calls):
+                began = time.perf_counter_ns()
+                await cluster.call("pinged-n2", Signal("bench.ping"))
+                ids.append(time.perf_counter_ns() - began)
+                began = time.perf_counter_ns()
+                await cluster.call(Capability("bench"), Signal("bench.ping"))
+                caps.append(time.perf_counter_ns() - began)
+            by_id.append(statistics.median(ids) / 1000)
+            balanced.append(statistics.median(caps) / 1000)
+    id_us, cap_us = statistics.median(by_id), statistics.median(balanced)
+    return {
+        "call_by_id_p50_us": round(id_us, 1),
+        "call_by_capability_p50_us": round(cap_us, 1),
+        "balancing_overhead_us": round(cap_us - id_us, 1),
+    }
+
+
+def measure_balanced_calls(quick: bool) -> dict[str, float]:
+    """What request balancing adds to a call on the default path: ``cluster.call`` by id
+    against ``cluster.call(Capability(...))`` (strategy, breakers, bookkeeping) to agents
+    on other nodes of a ``Cluster.local`` (memory backend), alternating, same run."""
+    import asyncio
+
+    calls, repeats = (500, 2) if quick else (3000, 5)
+    return asyncio.run(_balanced_calls(calls, repeats))
