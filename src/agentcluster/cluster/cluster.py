@@ -12,9 +12,12 @@ the same API. Calls made on the ``Cluster`` go through its first live node.
 
 ``start_agent(..., node=...)`` on a node of another process asks that node over its
 control subject (``cluster.control``), so the agent's class must be importable there;
-without ``node=`` the agent goes to the live members in turn. Targets: an agent id, or
-``Capability(name, "one")`` (the holders in registration order, round robin) /
-``Capability(name, "all")``.
+without ``node=`` a placement strategy chooses (``cluster.placement``) and the chosen node
+reserves the agent's ``resources`` by compare-and-set (``cluster.resources``). Targets: an
+agent id, ``Capability(name, "one")`` (balanced by ``cluster.balancing``: a request
+strategy, circuit breakers, sticky keys, load shedding) or ``Capability(name, "all")``.
+The coordination primitives (``lock``, ``barrier``, ``elect``, ``vote``, ``pipeline``,
+``map_reduce``) go through the same entry node.
 """
 
 from __future__ import annotations
