@@ -38,6 +38,7 @@ class Nodes:
         *,
         agents: Sequence[str] = WORKERS,
         replicas: int = 1,
+        extra_args: Sequence[str] = (),
     ) -> NodeProcess:
         proc = NodeProcess(
             servers,
@@ -46,6 +47,7 @@ class Nodes:
             directory=self.directory,
             replicas=replicas,
             loop=self.loop,
+            extra_args=extra_args,
         )
         self.started.append(proc)
         return proc
