@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from agentcluster.cluster.buckets import stamped_update
-from agentcluster.cluster.coordination.locks import (
+from agentcluster.cluster.coordination.seat import (
     BACKOFF,
     IO_TIMEOUT,
     POLL,

@@ -36,7 +36,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from agentcluster.cluster.buckets import stamped_update, stop_task
-from agentcluster.cluster.coordination.locks import (
+from agentcluster.cluster.coordination.seat import (
     BACKOFF,
     IO_TIMEOUT,
     POLL,
