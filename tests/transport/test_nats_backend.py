@@ -609,3 +609,26 @@ async def test_watch_reports_deletes_and_ends_when_the_connection_closes(
     assert (update.key, update.operation, update.value) == ("kept", Operation.DELETE, b"")
     await conn.close()
     assert [e async for e in watcher] == []
+
+
+async def test_a_subscription_is_in_effect_once_flush_returns(
+    conn: Connection, server: NatsServer
+) -> None:
+    """nats-py writes its flush PING ahead of SUBs still waiting for its flusher task, so a
+    bare PING/PONG could return before the server saw the SUB (measured here: about 1
+    request in 2,000 then found no responders). ``flush`` writes the queue out first; many
+    rounds give the reordering many chances to show."""
+    requester = await connect(NatsConfig(servers=[server.url], name="requester"))
+    try:
+        for _ in range(2_000):
+            subject = unique("flushed")
+
+            async def echo(msg: Message) -> None:
+                await conn.publish(msg.reply, b"here")
+
+            await conn.subscribe(subject, echo)
+            await conn.flush()
+            reply = await requester.request(subject, b"?", timeout=2)
+            assert reply.data == b"here"
+    finally:
+        await requester.close()

@@ -31,6 +31,7 @@ from agentcluster.errors import (
     ConfigurationError,
     ConnectionClosed,
     PayloadTooLarge,
+    RequestTimeout,
     SubstrateError,
 )
 from agentcluster.transport.interface import (
@@ -394,9 +395,21 @@ class NatsConnection:
         return Message(msg.subject, msg.data, msg.reply, msg.headers)
 
     async def flush(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Return once the server has processed everything sent on this connection so far.
+
+        nats-py writes its PING straight to the socket while SUB and PUB commands wait in
+        a buffer for its flusher task, so its own ``flush`` can see the PONG before the
+        server saw a SUB queued just before it (a request right after then finds no
+        responders). The buffer is written out first, then the round trip is made.
+        """
         self._check_open("flush")
+        nc = self._nc
         try:
-            await self._nc.flush(timeout)  # type: ignore[arg-type]  # nats-py says int; any number works
+            async with asyncio.timeout(timeout):
+                await nc._flush_pending(force_flush=True)
+            await nc.flush(timeout)  # type: ignore[arg-type]  # nats-py says int; any number works
+        except TimeoutError as exc:
+            raise RequestTimeout(f"flush: the server did not answer within {timeout:g} s") from exc
         except Exception as exc:
             raise translate(exc, "flush") from exc
 
