@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 import os
 import random
+from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from hashlib import blake2b
@@ -256,7 +257,7 @@ _REASON_TEXT = {
 }
 
 
-class PlacementStrategy:
+class PlacementStrategy(ABC):
     """One placement strategy: ``update`` with each new snapshot, then ``choose``.
 
     Not thread-safe; one instance per caller (a node's placement shell). Built by
@@ -313,10 +314,11 @@ class PlacementStrategy:
 
     def _refreshed(self, nodes: list[NodeView]) -> None:
         """Called at the end of ``update`` with every node, sorted by id."""
+        return  # a hook: strategies that need it override it
 
+    @abstractmethod
     def _pick(self, shape: _Shape, request: PlacementRequest) -> NodeView:
         """One of ``shape.nodes`` (never empty)."""
-        raise NotImplementedError
 
     def _eligible(self, request: PlacementRequest) -> _Shape:
         capabilities = request.capabilities

@@ -64,6 +64,7 @@ import heapq
 import math
 import os
 import random
+from abc import ABC, abstractmethod
 from bisect import bisect_left, insort
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -230,7 +231,7 @@ _REASON_TEXT = {
 }
 
 
-class RequestStrategy:
+class RequestStrategy(ABC):
     """One request strategy over one set of holders: ``update``, ``choose``, and
     ``started``/``finished`` per request. Not thread-safe. Built by
     ``make_request_strategy``; ``max_in_flight`` (an option of every strategy) is the
@@ -336,16 +337,19 @@ class RequestStrategy:
 
     def _rebuilt(self, listed: list[HolderView]) -> None:
         """Called at the end of ``update`` with every holder, sorted by agent id."""
+        return  # a hook: strategies that need it override it
 
     def _moved(self, i: int, old: int, new: int) -> None:
         """Holder ``i``'s in-flight count went from ``old`` to ``new``."""
+        return  # a hook: strategies that need it override it
 
     def _observed(self, i: int, latency_s: float | None, ok: bool) -> None:
         """A request to holder ``i`` finished."""
+        return  # a hook: strategies that need it override it
 
+    @abstractmethod
     def _pick(self, ctx: RequestContext) -> int:
         """The index of a holder that is not saturated (at least one is)."""
-        raise NotImplementedError
 
     def _unavailable(self, reason: str) -> NoAvailableNode:
         return NoAvailableNode(
