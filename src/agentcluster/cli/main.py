@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from agentcluster.examples.cluster_demo import Attempt, ClusterDemoReport
-    from agentcluster.examples.orders import DemoReport
+    from agentcluster.examples.orders import DemoReport, Invariant
     from agentcluster.examples.placement_demo import PlacementDemoReport
 
 __all__ = ["app", "main"]
@@ -117,6 +117,22 @@ def demo(
     raise typer.Exit(0 if report.ok and placement.ok else 1)
 
 
+def _print_invariants(console: Console, title: str, invariants: Iterable[Invariant]) -> None:
+    """A table of the run's invariants; a broken one shows what was measured."""
+    from rich.table import Table
+
+    checks = Table(title=title, title_justify="left")
+    checks.add_column("")
+    checks.add_column("invariant")
+    for invariant in invariants:
+        mark = "[green]ok[/green]" if invariant.held else "[red]BROKEN[/red]"
+        text = (
+            invariant.name if invariant.held else f"{invariant.name}\n[dim]{invariant.detail}[/dim]"
+        )
+        checks.add_row(mark, text)
+    console.print(checks)
+
+
 def _print_placement_report(console: Console, report: PlacementDemoReport) -> None:
     from rich.table import Table
 
@@ -156,16 +172,7 @@ def _print_placement_report(console: Console, report: PlacementDemoReport) -> No
         f"map-reduce over {len(report.expected)} distinct words: {report.chunk_retries} chunks "
         f"retried on another counter; {sum(report.reduced.values())} words counted"
     )
-    checks = Table(title="Invariants (act 1)", title_justify="left")
-    checks.add_column("")
-    checks.add_column("invariant")
-    for invariant in judge(report):
-        mark = "[green]ok[/green]" if invariant.held else "[red]BROKEN[/red]"
-        shown = (
-            invariant.name if invariant.held else f"{invariant.name}\n[dim]{invariant.detail}[/dim]"
-        )
-        checks.add_row(mark, shown)
-    console.print(checks)
+    _print_invariants(console, "Invariants (act 1)", judge(report))
 
 
 def _single_node_demo(orders: int, seed: int, verbose: bool) -> None:
@@ -335,16 +342,7 @@ def _print_cluster_report(console: Console, report: ClusterDemoReport, loop: str
         )
     console.print(by_id)
 
-    checks = Table(title="Invariants", title_justify="left")
-    checks.add_column("")
-    checks.add_column("invariant")
-    for invariant in report.invariants:
-        mark = "[green]ok[/green]" if invariant.held else "[red]BROKEN[/red]"
-        text = (
-            invariant.name if invariant.held else f"{invariant.name}\n[dim]{invariant.detail}[/dim]"
-        )
-        checks.add_row(mark, text)
-    console.print(checks)
+    _print_invariants(console, "Invariants", report.invariants)
 
     console.print(
         f"{', '.join(report.killed_agents)} are plain agents: they lived and died with "
@@ -429,16 +427,7 @@ def _print_report(console: Console, report: DemoReport, loop: str) -> None:
         letters.add_row("-", "0")
     console.print(letters)
 
-    checks = Table(title="Invariants", title_justify="left")
-    checks.add_column("")
-    checks.add_column("invariant")
-    for invariant in report.invariants:
-        mark = "[green]ok[/green]" if invariant.held else "[red]BROKEN[/red]"
-        text = (
-            invariant.name if invariant.held else f"{invariant.name}\n[dim]{invariant.detail}[/dim]"
-        )
-        checks.add_row(mark, text)
-    console.print(checks)
+    _print_invariants(console, "Invariants", report.invariants)
 
     style = "bold green" if report.ok else "bold red"
     console.print(f"[{style}]{report.summary()}[/{style}] [dim]({loop})[/dim]", soft_wrap=True)
