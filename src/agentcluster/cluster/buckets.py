@@ -258,6 +258,8 @@ class BucketWatch:
     """Follows a watch of ``kv`` under ``prefix`` into two callbacks (module docstring).
 
     ``poll`` bounds each wait for the next change and paces retries of a failed load.
+    ``check_complete=False`` skips the check against the key listing, for a follower of one
+    key that reads that key directly instead (``coordination.seat.KeyFollower``).
     Callbacks run on the watch's task and must not block; an entry at or below a revision
     already held must be ignored by them (a completeness check may feed a key the watch
     then delivers too).
@@ -273,8 +275,10 @@ class BucketWatch:
         pending_limit: int = 65536,
         poll: float = 1.0,
         name: str = "watch",
+        check_complete: bool = True,
     ) -> None:
         self._kv = kv
+        self._check_complete = check_complete
         self._on_reset = on_reset
         self._on_entry = on_entry
         self._prefix = prefix
@@ -318,7 +322,7 @@ class BucketWatch:
     def _reset(self, watcher: Watcher) -> None:
         self._watcher = watcher
         self._live = True
-        self._verified = False
+        self._verified = not self._check_complete
         initial = watcher.initial
         self._present = {entry.key for entry in initial}
         self._on_reset(initial)

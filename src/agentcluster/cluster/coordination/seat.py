@@ -9,13 +9,12 @@ their ``Seat``, and wait on a ``KeyFollower`` instead of polling.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agentcluster.cluster.buckets import node_key, stop_task
+from agentcluster.cluster.buckets import BucketWatch, node_key
 from agentcluster.cluster.lease_renewer import LeaseRenewer
 from agentcluster.cluster.membership import Membership
 from agentcluster.core.membership import NodeRecord
@@ -25,11 +24,9 @@ from agentcluster.errors import (
     CorruptRecord,
     NoResponders,
     RequestTimeout,
-    TransportError,
     UsageError,
-    WatchLost,
 )
-from agentcluster.transport.interface import Entry, KeyValue, Watcher
+from agentcluster.transport.interface import Entry, KeyValue
 
 if TYPE_CHECKING:
     from agentcluster.cluster.node import ClusterNode
@@ -159,12 +156,11 @@ class KeyFollower:
 
     ``changed`` is set on every new revision of the key and, unless ``wake_on_membership``
     is False, every membership change and every change of the node's lease: whatever can
-    change a decision about the key. A watcher
-    that fell behind is replaced by a fresh one (its snapshot catches up); ``refresh``
-    reads the key directly, which a waiter does whenever the watch stayed quiet for a
-    ``poll``, so a watch that lags without saying so costs a poll, never a missed change.
-    No completeness check of the whole prefix is made (``BucketWatch`` does that for the
-    caches): only this one key matters, and the direct reads cover it.
+    change a decision about the key. The watch is a ``buckets.BucketWatch`` (a watcher that
+    fell behind is replaced by a fresh one whose snapshot catches up), without its
+    completeness check of the whole prefix: only this one key matters, and ``refresh``
+    reads it directly, which a waiter does whenever the watch stayed quiet for a ``poll``,
+    so a watch that lags without saying so costs a poll, never a missed change.
     """
 
     def __init__(
@@ -173,39 +169,37 @@ class KeyFollower:
         self._seat = seat
         self._wake_on_membership = wake_on_membership
         self.key = key
-        self._prefix = key.split(".", 1)[0]
-        self._poll = poll
         self.revision = 0
         """The latest revision of the key seen (0: none)."""
         self.entry: Entry | None = None
         """The key's latest value, None while it is absent or deleted."""
         self.changed = asyncio.Event()
         self._removers: list[Callable[[], None]] = []
-        self._watcher: Watcher | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._watch = BucketWatch(
+            seat.kv,
+            on_reset=self._reset,
+            on_entry=self.feed,
+            prefix=key.split(".", 1)[0],
+            pending_limit=_WATCH_PENDING,
+            poll=poll,
+            name=f"coordination-watch[{seat.node_id}:{key}]",
+            check_complete=False,
+        )
 
     async def start(self) -> None:
         if self._wake_on_membership:
             self._removers = self._seat.listen(self.changed.set)
         try:
-            self._take(await self._seat.kv.watch(self._prefix, pending_limit=_WATCH_PENDING))
+            await self._watch.start()
         except BaseException:
             await self.stop()
             raise
-        self._task = asyncio.get_running_loop().create_task(
-            self._follow(), name=f"coordination-watch[{self._seat.node_id}:{self.key}]"
-        )
 
     async def stop(self) -> None:
         for remove in self._removers:
             remove()
         self._removers = []
-        task, self._task = self._task, None
-        await stop_task(task)
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            with contextlib.suppress(ConnectionClosed):
-                await watcher.stop()
+        await self._watch.stop()
 
     def feed(self, entry: Entry) -> None:
         if entry.key != self.key or entry.revision <= self.revision:
@@ -214,41 +208,14 @@ class KeyFollower:
         self.entry = None if entry.deleted else entry
         self.changed.set()
 
-    def _take(self, watcher: Watcher) -> None:
-        self._watcher = watcher
-        for entry in watcher.initial:
+    def _reset(self, initial: list[Entry]) -> None:
+        for entry in initial:
             if entry.key == self.key:
                 self.feed(entry)
                 return
         if self.entry is not None:  # a fresh snapshot without the key: deleted meanwhile
             self.entry = None
             self.changed.set()
-
-    async def _follow(self) -> None:
-        while True:
-            watcher = self._watcher
-            if watcher is None:
-                return
-            try:
-                self.feed(await anext(watcher))
-                continue
-            except (StopAsyncIteration, ConnectionClosed):
-                return
-            except WatchLost:
-                _log.info("watch of %r fell behind; starting a fresh one", self.key)
-            with contextlib.suppress(ConnectionClosed):
-                await watcher.stop()
-            self._watcher = None
-            while self._watcher is None:
-                try:
-                    self._take(
-                        await self._seat.kv.watch(self._prefix, pending_limit=_WATCH_PENDING)
-                    )
-                except ConnectionClosed:
-                    return
-                except TransportError as exc:
-                    _log.info("new watch of %r failed (%s); retrying", self.key, exc)
-                    await asyncio.sleep(self._poll)
 
     async def wait(self, timeout: float) -> bool:
         """Wait (at most ``timeout``) for ``changed``; True if it was set. Clears it."""
