@@ -14,6 +14,7 @@ from agentcluster.core.circuit_breaker import (
     BreakerTransition,
     CircuitBreaker,
     TransitionReason,
+    admit_trial,
 )
 from agentcluster.errors import ConfigurationError
 
@@ -882,3 +883,16 @@ def test_board_agrees_with_the_naive_oracle(
     final = board.states(now)
     last = check_chain(board.drain_transitions(), last)
     assert final == {k: s for k, s in last.items() if k in board and s is not CLOSED}
+
+
+def test_admit_trial_takes_a_slot_on_both_boards_or_on_neither() -> None:
+    config = BreakerConfig(failure_threshold=1, cool_down=1.0, half_open_trials=1)
+    nodes, agents = BreakerBoard(config), BreakerBoard(config)
+    nodes.record("n1", 0.0, ok=False)
+    agents.record("a1", 0.0, ok=False)
+    assert not admit_trial(nodes, agents, "n1", "a1", 0.5)  # both open
+    assert admit_trial(nodes, agents, "n1", "a1", 1.0)  # both half-open: one trial each
+    assert not admit_trial(nodes, agents, "n1", "a1", 1.0)  # the node's slot is taken
+    nodes.release("n1", 1.0)
+    assert not admit_trial(nodes, agents, "n1", "a1", 1.0)  # the agent's slot is taken
+    assert nodes.allow("n1", 1.0)  # and the node's slot was handed back

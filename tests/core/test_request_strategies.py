@@ -21,6 +21,8 @@ from agentcluster.core.request_balance import (
     RequestStrategy,
     ewma,
     make_request_strategy,
+    steer,
+    tightened,
 )
 from agentcluster.errors import ConfigurationError, NoAvailableNode
 
@@ -622,3 +624,30 @@ def test_options_are_checked() -> None:
 def test_ewma_takes_the_first_sample_as_is() -> None:
     assert ewma(None, 0.3, 0.2) == 0.3
     assert ewma(1.0, 0.0, 0.25) == 0.75
+
+
+def _holder(agent_id: str, node_id: str, *, load: float = 0.0, in_flight: int = 0) -> HolderView:
+    return HolderView(agent_id, NodeView(node_id, load=load), in_flight=in_flight)
+
+
+def test_steer_passes_over_suspected_nodes_while_another_is_heard() -> None:
+    holders = [_holder("a", "n1"), _holder("b", "n2"), _holder("c", "n3")]
+    shaped = steer(holders, {"n2"}, shed_load=0.95, max_in_flight=None)
+    assert [h.node.health for h in shaped] == [Health.HEALTHY, Health.UNHEALTHY, Health.HEALTHY]
+    everyone = steer(holders, {"n1", "n2", "n3"}, shed_load=0.95, max_in_flight=None)
+    assert all(h.node.health is Health.HEALTHY for h in everyone)  # never empties the choice
+
+
+def test_steer_marks_holders_on_loaded_nodes_saturated() -> None:
+    holders = [_holder("a", "n1", load=0.96, in_flight=3), _holder("b", "n2", load=0.5)]
+    shaped = steer(holders, (), shed_load=0.95, max_in_flight=8)
+    assert [h.in_flight for h in shaped] == [8, 0]
+    assert steer(holders, (), shed_load=0.95, max_in_flight=None) == holders
+
+
+def test_tightened_scales_both_thresholds_with_floors() -> None:
+    assert tightened(1024, 0.95, 0.5) == (512, 0.475)
+    assert tightened(1, 0.06, 0.5) == (1, 0.05)
+    assert tightened(None, 0.95, 0.5) == (None, 0.475)
+    with pytest.raises(ConfigurationError):
+        tightened(10, 0.9, 0)

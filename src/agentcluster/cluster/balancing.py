@@ -34,19 +34,26 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from agentcluster.clock import Clock
-from agentcluster.core.circuit_breaker import BreakerBoard, BreakerConfig, BreakerState
+from agentcluster.core.circuit_breaker import (
+    BreakerBoard,
+    BreakerConfig,
+    BreakerState,
+    admit_trial,
+)
 from agentcluster.core.membership import NodeRecord
-from agentcluster.core.node_view import Health, HolderView, NodeView, RequestContext
+from agentcluster.core.node_view import HolderView, NodeView, RequestContext
 from agentcluster.core.registry import AgentEntry
 from agentcluster.core.request_balance import (
     REQUEST_STRATEGIES,
     RequestStats,
     RequestStrategy,
     make_request_strategy,
+    steer,
+    tightened,
 )
 from agentcluster.errors import ConfigurationError, NoAvailableNode, Overloaded
 from agentcluster.telemetry import Telemetry
@@ -281,44 +288,40 @@ class RequestBalancer:
         return lane
 
     def _rebuild(self, lane: _Lane, holders: tuple[str, ...], now: float) -> None:
+        """A fresh snapshot of ``holders`` for ``lane``'s strategy (what this process
+        knows of each: record, breakers, observed figures), shaped by ``core``'s
+        ``steer`` (suspicion, shedding by node load)."""
         members = self._members()
-        suspected = self._suspected
         nodes: dict[str, NodeView] = {}
-        placed: list[tuple[str, str]] = []
+        views: list[HolderView] = []
+        trials: dict[str, str] = {}
         for agent_id in holders:
             entry = self._lookup(agent_id)
             if entry is None:
                 continue
-            placed.append((agent_id, entry.node))
-        suspects = {n for _, n in placed if suspected(n)} if suspected is not None else set[str]()
-        if suspects and all(n in suspects for _, n in placed):
-            suspects = set()  # suspicion steers the choice, it never empties it
-        views: list[HolderView] = []
-        trials: dict[str, str] = {}
-        for agent_id, node_id in placed:
+            node_id = entry.node
             view = nodes.get(node_id)
             if view is None:
                 record = members.get(node_id)
-                view = NodeView(
+                view = nodes[node_id] = NodeView(
                     id=node_id,
                     labels={} if record is None else record.labels,
                     capacity={} if record is None else record.capacity,
                     agent_count=0 if record is None else record.agent_count,
                     load=0.0 if record is None else record.load,
-                    health=Health.UNHEALTHY if node_id in suspects else Health.HEALTHY,
                     breaker=self.node_breakers.state(node_id, now),
                 )
-                nodes[node_id] = view
             own = self.agent_breakers.state(agent_id, now)
             if agent_id in lane.blocked:
                 own = BreakerState.OPEN
             elif own is BreakerState.HALF_OPEN or view.breaker is BreakerState.HALF_OPEN:
                 trials[agent_id] = node_id
-            holder = self.stats.view(agent_id, view, breaker=own)
-            if view.load >= self.shed_load and self.max_in_flight is not None:
-                holder = replace(holder, in_flight=max(holder.in_flight, self.max_in_flight))
-            views.append(holder)
-        lane.strategy.update(views)
+            views.append(self.stats.view(agent_id, view, breaker=own))
+        suspected = self._suspected
+        suspects = set() if suspected is None else {n for n in nodes if suspected(n)}
+        lane.strategy.update(
+            steer(views, suspects, shed_load=self.shed_load, max_in_flight=self.max_in_flight)
+        )
         lane.trials = trials
         lane.holders = holders
         lane.epoch = self._epoch
@@ -326,16 +329,11 @@ class RequestBalancer:
 
     def _admitted(self, lane: _Lane, agent_id: str, now: float) -> bool:
         """Whether a half-open breaker on ``agent_id`` or its node lets this request be a
-        trial (taking the slot); a holder with no tripped breaker is always admitted."""
+        trial (``core``'s ``admit_trial``); a holder with no tripped breaker always is."""
         node_id = lane.trials.get(agent_id)
         if node_id is None:
             return True
-        if not self.node_breakers.allow(node_id, now):
-            return False
-        if not self.agent_breakers.allow(agent_id, now):
-            self.node_breakers.release(node_id, now)
-            return False
-        return True
+        return admit_trial(self.node_breakers, self.agent_breakers, node_id, agent_id, now)
 
     def _drain_transitions(self, now: float) -> None:
         for kind, board in (("node", self.node_breakers), ("agent", self.agent_breakers)):
@@ -378,13 +376,12 @@ class RequestBalancer:
         """A traffic surge: lower ``max_in_flight`` and ``shed_load`` by ``factor`` (the
         config's ``surge_factor``), so load is shed earlier; switch strategy only when the
         config names a ``surge_strategy``. Returns the new thresholds."""
-        factor = self.config.surge_factor if factor is None else factor
-        if not 0 < factor <= 1:
-            raise ConfigurationError(f"a surge factor is within (0, 1], got {factor!r}")
+        self.max_in_flight, self.shed_load = tightened(
+            self.max_in_flight,
+            self.shed_load,
+            self.config.surge_factor if factor is None else factor,
+        )
         self.surges += 1
-        if self.max_in_flight is not None:
-            self.max_in_flight = max(1, int(self.max_in_flight * factor))
-        self.shed_load = max(0.05, self.shed_load * factor)
         if self.config.surge_strategy is not None:
             self.strategy = self.config.surge_strategy
         self._lanes.clear()

@@ -56,6 +56,7 @@ __all__ = [
     "BreakerTransition",
     "CircuitBreaker",
     "TransitionReason",
+    "admit_trial",
 ]
 
 
@@ -491,3 +492,17 @@ class BreakerBoard:
         self._transitions.append(
             BreakerTransition(key, old, BreakerState.CLOSED, breaker._now, TransitionReason.EVICTED)
         )
+
+
+def admit_trial(
+    node_board: BreakerBoard, agent_board: BreakerBoard, node: str, agent: str, now: float
+) -> bool:
+    """Whether a request to ``agent`` on ``node`` may go now, taking a half-open trial slot
+    on either board that needs one. When the node admits and the agent refuses, the node's
+    slot is handed back, so a refused request holds no trial anywhere."""
+    if not node_board.allow(node, now):
+        return False
+    if not agent_board.allow(agent, now):
+        node_board.release(node, now)
+        return False
+    return True

@@ -66,12 +66,12 @@ import os
 import random
 from abc import ABC, abstractmethod
 from bisect import bisect_left, insort
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from agentcluster.core.circuit_breaker import BreakerState
-from agentcluster.core.node_view import HolderView, NodeView, RequestContext
+from agentcluster.core.node_view import Health, HolderView, NodeView, RequestContext
 from agentcluster.core.placement import HashRing
 from agentcluster.errors import ConfigurationError, NoAvailableNode
 
@@ -84,6 +84,8 @@ __all__ = [
     "RequestStrategy",
     "ewma",
     "make_request_strategy",
+    "steer",
+    "tightened",
 ]
 
 DEFAULT_ALPHA = 0.2
@@ -940,3 +942,41 @@ def make_request_strategy(
             f"request strategy {name!r} takes no option {', '.join(sorted(unknown))}"
         )
     return cls(rng if rng is not None else random.Random(os.urandom(32)), **options)
+
+
+def steer(
+    holders: Sequence[HolderView],
+    suspected: Collection[str],
+    *,
+    shed_load: float,
+    max_in_flight: int | None,
+) -> list[HolderView]:
+    """The caller's snapshot as the strategies should see it.
+
+    Holders on nodes the caller suspects (phi) count as unhealthy while some holder's node
+    is not suspected; when every one is, suspicion is ignored (it steers the choice, it
+    never empties it). A holder on a node reporting a load of ``shed_load`` or more counts
+    as saturated (its in-flight count raised to ``max_in_flight``), so when all are, the
+    request is shed rather than queued.
+    """
+    steering = bool(suspected) and any(h.node.id not in suspected for h in holders)
+    shaped: list[HolderView] = []
+    for holder in holders:
+        node = holder.node
+        if steering and node.id in suspected and node.health is not Health.UNHEALTHY:
+            holder = replace(holder, node=replace(node, health=Health.UNHEALTHY))
+        if max_in_flight is not None and node.load >= shed_load:
+            holder = replace(holder, in_flight=max(holder.in_flight, max_in_flight))
+        shaped.append(holder)
+    return shaped
+
+
+def tightened(
+    max_in_flight: int | None, shed_load: float, factor: float
+) -> tuple[int | None, float]:
+    """The shedding thresholds after a traffic surge: both scaled by ``factor`` (within
+    (0, 1]), never below one request in flight or a load of 0.05."""
+    if not 0 < factor <= 1:
+        raise ConfigurationError(f"a surge factor is within (0, 1], got {factor!r}")
+    limit = None if max_in_flight is None else max(1, int(max_in_flight * factor))
+    return limit, max(0.05, shed_load * factor)
