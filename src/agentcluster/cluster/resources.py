@@ -25,7 +25,7 @@ from agentcluster.cluster.buckets import (
 )
 from agentcluster.core.reservations import NodeReservations, Reservation, ReservationKey
 from agentcluster.core.stamps import StampSource, WriteStamp
-from agentcluster.errors import CorruptRecord, KeyExists, RevisionMismatch
+from agentcluster.errors import CorruptRecord, KeyExists, NoAvailableNode, RevisionMismatch
 from agentcluster.transport.interface import Entry, KeyValue
 
 __all__ = ["Reservations"]
@@ -111,14 +111,34 @@ class Reservations(WatchedCache):
         change: Callable[[NodeReservations, WriteStamp], NodeReservations | None],
     ) -> NodeReservations:
         """Apply ``change`` to the key by compare-and-set until it holds (``None``: nothing
-        to write). ``change`` may raise to refuse (``NoAvailableNode``)."""
+        to write). ``change`` may raise to refuse (``NoAvailableNode``).
+
+        The first round starts from the watched cache, saving a read when it is current
+        (the compare-and-set checks it); only a write is ever based on it. A refusal or a
+        "nothing to write" is decided on a fresh read, since a stale cache may still hold
+        entries released meanwhile.
+        """
+        cached: tuple[NodeReservations, int | None] | None = None
+        if self.complete:
+            cached = self._held.get(node_id) or (NodeReservations(node_id), None)
         revision: int | None = None
         for _ in range(_ATTEMPTS):
-            current, revision = await self._read(node_id)
+            fresh = cached is None
+            if cached is None:
+                current, revision = await self._read(node_id)
+            else:
+                (current, revision), cached = cached, None
             stamp = self._stamps().next()
-            changed = change(current, stamp)
+            try:
+                changed = change(current, stamp)
+            except NoAvailableNode:
+                if fresh:
+                    raise
+                continue
             if changed is None:
-                return current
+                if fresh:
+                    return current
+                continue
             try:
                 written = await stamped_update(
                     self._kv,
