@@ -43,7 +43,8 @@ log line or a retry loop needs (``agent_id``, ``node_id``, ``retryable``) and a
     │   ├── RestoreFailed               a snapshot cannot be restored; never a silent reset
     │   ├── RestartLimitExceeded        a supervisor's restart intensity was exceeded
     │   ├── NoAvailableNode             retryable; no live node can take the agent (``reason``)
-    │   └── NodeSuperseded              a restart under the same node id replaced this process
+    │   ├── NodeSuperseded              a restart under the same node id replaced this process
+    │   └── AgentFenced                 a newer incarnation of the agent owns it; this one stops
     ├── CoordinationError               a lock, barrier, election, vote, pipeline or map-reduce
     │   ├── LockTimeout                 retryable; the lock stayed held (also a TimeoutError)
     │   ├── LockLost                    the lock is no longer ours (a newer fencing token)
@@ -424,6 +425,32 @@ class NodeSuperseded(AgentError):
         super().__init__(
             f"node {node_id!r} at incarnation {own_incarnation} was superseded by "
             f"incarnation {found_incarnation} of the same id",
+            node_id=node_id,
+        )
+        self.own_incarnation = own_incarnation
+        self.found_incarnation = found_incarnation
+
+
+class AgentFenced(AgentError):
+    """A newer incarnation of this agent owns it: the state key (or the registry entry)
+    moved on under another writer, so this instance must commit nothing more and stop.
+    Raised by the activation path and the snapshot writer; never retried."""
+
+    reason = "fenced"
+
+    def __init__(
+        self,
+        agent_id: str,
+        own_incarnation: int,
+        found_incarnation: int | None = None,
+        *,
+        node_id: str | None = None,
+    ) -> None:
+        found = "" if found_incarnation is None else f" (found incarnation {found_incarnation})"
+        super().__init__(
+            f"agent {agent_id!r} at incarnation {own_incarnation} was fenced off: a newer "
+            f"owner wrote its state{found}",
+            agent_id=agent_id,
             node_id=node_id,
         )
         self.own_incarnation = own_incarnation

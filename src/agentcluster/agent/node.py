@@ -677,7 +677,9 @@ class LocalNode:
             self.bus.publish(signal)
             return
         server = self._agents.get(target)
-        if server is None or not server.alive:
+        # A persistent target takes signals through its keeper (its durable inbox, or its
+        # starting/fenced refusals), which the cluster outbound reaches.
+        if server is None or not server.alive or server.keeper is not None:
             if self.outbound is not self:
                 asyncio.get_running_loop().create_task(self._emit_away(signal, target))
                 return

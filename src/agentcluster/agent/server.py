@@ -147,6 +147,7 @@ class AgentServer:
         "agent",
         "capabilities",
         "children",
+        "keeper",
         "mailbox_size",
         "node",
         "parent_id",
@@ -171,6 +172,9 @@ class AgentServer:
         self.status = _STATUS_IDLE
         self.supervisor: Supervisor | None = None
         self.children: Supervisor | None = None
+        self.keeper: Any = None
+        """A persistent agent's ``cluster.keeper.AgentKeeper``: its effects are staged there
+        and released once a snapshot covering them commits."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._mailbox: deque[Any] | None = None
         self._pending: deque[_Instruction | _Control] | None = None
@@ -323,10 +327,15 @@ class AgentServer:
                 except _Crash as crash:
                     self._current = None
                     self._fail_crashed_item(item, crash.error)
+                    if self.keeper is not None:
+                        self.keeper.note(item)
                     if not await self._crashed(crash.error):
                         return
+                    continue
                 finally:
                     self._current = None
+                if self.keeper is not None:
+                    self.keeper.note(item)
         finally:
             self._task = None
             if self.status == _STATUS_RUNNING:
@@ -393,7 +402,10 @@ class AgentServer:
                     self._fail_action(signal, call, error)
             else:
                 if first and call is not None and not call.future.done():
-                    call.future.set_result(result)
+                    if self.keeper is not None:
+                        self.keeper.hold_reply(call.future, result)
+                    else:
+                        call.future.set_result(result)
             first = False
 
     async def _handle_instruction(self, item: _Instruction) -> None:
@@ -732,7 +744,10 @@ class AgentServer:
             if kind is SetState:
                 continue
             if kind is Emit:
-                self.node.emit_from(self.id, d.signal)  # type: ignore[attr-defined]
+                if self.keeper is not None:
+                    self.keeper.hold_emit(d.signal)  # type: ignore[attr-defined]
+                else:
+                    self.node.emit_from(self.id, d.signal)  # type: ignore[attr-defined]
             elif kind is Enqueue:
                 pending = self._pending
                 if pending is None:

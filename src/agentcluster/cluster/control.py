@@ -48,6 +48,7 @@ __all__ = [
     "class_path",
     "control_subject",
     "load_agent_class",
+    "remember_class",
     "request_start",
     "request_stop",
     "spec_of",
@@ -58,7 +59,39 @@ _log = logging.getLogger("agentcluster.cluster.control")
 AgentSource = type[Agent] | str | Mapping[str, Any]
 """What ``start_agent`` takes: a class, an import path ``"module:Class"``, or a spec."""
 
-_SPEC_KEYS = frozenset({"class", "state", "capabilities", "restart", "resources", "placement"})
+_SPEC_KEYS = frozenset(
+    {
+        "class",
+        "state",
+        "capabilities",
+        "restart",
+        "resources",
+        "placement",
+        "mode",
+        "max_staleness",
+        "max_attempts",
+        "mailbox_size",
+        "max_restarts",
+        "restart_period",
+    }
+)
+
+_KNOWN_CLASSES: dict[str, type[Agent]] = {}
+"""Classes started in this process, by path: ``Cluster.local`` fails an agent over to
+another node of the same process, which may restore a class no other process could import
+(defined in a function or in ``__main__``). Bounded; the oldest is forgotten first."""
+
+_KNOWN_LIMIT = 4096
+
+
+def remember_class(agent: type[Agent]) -> str:
+    """Record ``agent`` under its path for ``load_agent_class`` in this process."""
+    path = class_path(agent, importable=False)
+    _KNOWN_CLASSES.pop(path, None)
+    _KNOWN_CLASSES[path] = agent
+    while len(_KNOWN_CLASSES) > _KNOWN_LIMIT:
+        del _KNOWN_CLASSES[next(iter(_KNOWN_CLASSES))]
+    return path
 
 
 def control_subject(node_id: str) -> str:
@@ -110,6 +143,9 @@ def spec_of(source: AgentSource, **params: Any) -> dict[str, Any]:
 
 def load_agent_class(path: str) -> type[Agent]:
     """Import ``"module:Class"``; ``ConfigurationError`` naming what is missing."""
+    known = _KNOWN_CLASSES.get(path)
+    if known is not None:
+        return known
     module_name, _, qualname = path.partition(":")
     if not module_name or not qualname:
         raise ConfigurationError(f"an agent class path is 'module:Class', got {path!r}")

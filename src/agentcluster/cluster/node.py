@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,33 +35,44 @@ from typing import Any, Literal
 
 from agentcluster.agent.node import LocalNode
 from agentcluster.clock import Clock
+from agentcluster.cluster.activation import activate
 from agentcluster.cluster.balancing import BalancerConfig
 from agentcluster.cluster.control import (
     AgentSource,
     NodeControl,
-    class_path,
     load_agent_class,
+    remember_class,
     spec_of,
 )
 from agentcluster.cluster.dead_letters import DeadLetterShipper
+from agentcluster.cluster.failover_manager import FailoverConfig, FailoverManager
+from agentcluster.cluster.inbox import DurableInbox
+from agentcluster.cluster.keeper import AgentKeeper, KeeperDeps
 from agentcluster.cluster.liveness import LivenessHooks, NodeLiveness, Role
 from agentcluster.cluster.membership import JoinSpec, Vitals
 from agentcluster.cluster.outbound import ClusterOutbound
 from agentcluster.cluster.registry import Registry
 from agentcluster.cluster.resources import Reservations
 from agentcluster.cluster.routing import Placement, Router
+from agentcluster.cluster.state_store import SNAPSHOT_OBJECTS, StateStore
 from agentcluster.cluster.system_agents import SystemAgents, is_system_agent, start_system_agents
 from agentcluster.core.lease import LeaseTiming
-from agentcluster.core.membership import NodeRecord, NodeStatus
-from agentcluster.core.registry import AgentEntry, AgentStatus
+from agentcluster.core.membership import NodeRecord
+from agentcluster.core.registry import AgentEntry, AgentMode, AgentStatus
 from agentcluster.core.reservations import Reservation, check_resources
+from agentcluster.core.signal import Signal
+from agentcluster.core.snapshots import DEFAULT_MAX_STALENESS
+from agentcluster.core.stamps import WriteStamp
 from agentcluster.errors import (
     AgentClusterError,
+    AgentExists,
+    AgentFenced,
+    ConfigurationError,
     ConnectionClosed,
     NodeSuperseded,
     UsageError,
 )
-from agentcluster.transport.interface import Connection, Storage
+from agentcluster.transport.interface import Connection, ObjectStoreConfig, Storage
 
 __all__ = ["ClusterNode", "Connect"]
 
@@ -82,6 +94,20 @@ _PLACEMENT: dict[AgentStatus, Literal["running", "starting", "unavailable"]] = {
 
 _START_KEYS = ("state", "restart")
 """Options of ``LocalNode.start_agent`` a restart spec carries."""
+
+_PERSISTENT_KEYS = (
+    "max_staleness",
+    "max_attempts",
+    "mailbox_size",
+    "max_restarts",
+    "restart_period",
+)
+"""Options of a persistent agent its restart spec carries to the node that restores it."""
+
+_MODES = {mode.value: mode for mode in AgentMode}
+
+_FINAL_SNAPSHOT_TIMEOUT = 2.0
+"""Seconds a graceful stop waits for each persistent agent's last snapshot."""
 
 
 def detected_capacity() -> dict[str, float]:
@@ -114,8 +140,12 @@ class ClusterNode:
         storage: Storage = "file",
         unavailable_ttl: float = 60.0,
         balancing: BalancerConfig | None = None,
+        failover: FailoverConfig | None = None,
+        max_staleness: float = DEFAULT_MAX_STALENESS,
     ) -> None:
         self.node_id = node_id
+        self._failover_config = failover
+        self.max_staleness = max_staleness
         self._balancing = balancing
         self.role: Role = role
         self._connect = connect
@@ -138,6 +168,13 @@ class ClusterNode:
         self.data: Connection | None = None
         self._control: NodeControl | None = None
         self.dead_letters: DeadLetterShipper | None = None
+        self.state_store: StateStore | None = None
+        self.durable_inbox: DurableInbox | None = None
+        self.keepers: dict[str, AgentKeeper] = {}
+        """The keepers of the persistent agents running here, by id."""
+        self.failover: FailoverManager | None = None
+        self._activating: set[str] = set()
+        self._keeper_tasks: set[asyncio.Task[Any]] = set()
         self._connections: list[Connection] = []
         self._duties: set[asyncio.Task[None]] = set()
         self._stopped = False
@@ -221,6 +258,18 @@ class ClusterNode:
         self.local.outbound = self.outbound
         self.local.services["cluster"] = self
         if self.role == "node":
+            objects = await data.object_store(
+                ObjectStoreConfig(SNAPSHOT_OBJECTS, replicas=self._replicas, storage=self._storage)
+            )
+            self.state_store = StateStore(
+                liveness.buckets.state, objects, kv_limit=max(1024, data.max_payload - 8192)
+            )
+            self.durable_inbox = await DurableInbox.open(
+                data, replicas=self._replicas, storage=self._storage
+            )
+            self.registry.listeners.append(self._reconcile)
+            self.failover = FailoverManager(self, self._failover_config)
+            self.failover.start()
             self._control = NodeControl(self, data)
             await self._control.start()
             self.system = await start_system_agents(self, unavailable_ttl=self._unavailable_ttl)
@@ -237,8 +286,11 @@ class ClusterNode:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.failover is not None:
+            await self.failover.stop()
         if self._control is not None:
             await self._control.stop()
+        await self._close_keepers(final=leave)
         if self.router is not None:
             await self.router.stop()
         await self.local.stop()
@@ -288,6 +340,7 @@ class ClusterNode:
         capabilities: tuple[str, ...] = (),
         resources: Mapping[str, float] | None = None,
         placement: Mapping[str, Any] | None = None,
+        mode: str | AgentMode | None = None,
         **options: Any,
     ) -> AgentEntry:
         """Start ``agent`` (a class, ``"module:Class"`` or a restart spec) here and register
@@ -296,6 +349,12 @@ class ClusterNode:
         With ``resources``, they are reserved on this node first (one compare-and-set on
         its reservations key, ``NoAvailableNode(reason="no_capacity")`` when they do not
         fit) and released again if the start or the registration fails.
+
+        ``mode`` is ``plain`` (the default: lives and dies with this node), ``critical``
+        (restarted elsewhere from its last snapshot when this node dies) or ``durable``
+        (critical, and every acknowledged ``send`` survives in its durable inbox). A
+        persistent agent goes through the one activation path (``cluster.activation``):
+        an id whose snapshot exists is restored from it, not started fresh.
         """
         if self.role != "node":
             raise UsageError(f"{self.node_id!r} is a client: it hosts no agents")
@@ -305,7 +364,7 @@ class ClusterNode:
         if isinstance(agent, type):
             cls = agent
             # Started here, so a class only this process can import is fine.
-            spec: dict[str, Any] = {"class": class_path(agent, importable=False)}
+            spec: dict[str, Any] = {"class": remember_class(agent)}
         else:
             spec = spec_of(agent)
             cls = load_agent_class(spec["class"])
@@ -314,9 +373,12 @@ class ClusterNode:
                 resources = spec.get("resources")
             if placement is None:
                 placement = spec.get("placement")
-            for key in _START_KEYS:
+            if mode is None:
+                mode = spec.get("mode")
+            for key in (*_START_KEYS, *_PERSISTENT_KEYS):
                 if key in spec:
                     options.setdefault(key, spec[key])
+        chosen_mode = _mode_of(mode, options, agent_id)
         wanted = check_resources(resources)
         for key in _START_KEYS:
             if key in options and options[key] is not None:
@@ -325,6 +387,10 @@ class ClusterNode:
             spec["resources"] = wanted
         if placement:
             spec["placement"] = dict(placement)
+        if chosen_mode is not AgentMode.PLAIN:
+            return await self._start_persistent(
+                cls, agent_id, spec, chosen_mode, capabilities, wanted, options
+            )
         held = registry.lookup(agent_id)
         if held is not None and held.node == self.node_id and self.local.lookup(agent_id):
             return held
@@ -349,6 +415,80 @@ class ClusterNode:
             await self.local.stop_agent(agent_id)
             await self._release(agent_id, incarnation, reserved)
             raise
+        await self._rekey_reservation(agent_id, incarnation, written, reserved, wanted)
+        return written
+
+    async def _start_persistent(
+        self,
+        cls: type[Any],
+        agent_id: str,
+        spec: dict[str, Any],
+        mode: AgentMode,
+        capabilities: tuple[str, ...],
+        wanted: Mapping[str, float],
+        options: dict[str, Any],
+    ) -> AgentEntry:
+        """Register the entry ``starting`` here, then activate it (``cluster.activation``)."""
+        registry = self._registry()
+        spec["mode"] = mode.value
+        for key in _PERSISTENT_KEYS:
+            if options.get(key) is not None:
+                spec[key] = options[key]
+        held = registry.lookup(agent_id)
+        if (
+            held is not None
+            and held.status is AgentStatus.RUNNING
+            and held.node == self.node_id
+            and self.local.lookup(agent_id) is not None
+            and agent_id in self.keepers
+        ):
+            _same_class(held, spec, agent_id)
+            return held
+        if held is not None and held.spec is not None:
+            _same_class(held, spec, agent_id)
+        incarnation = 1 if held is None else held.incarnation + 1
+        reserved = await self._reserve(agent_id, incarnation, wanted)
+        entry = AgentEntry(
+            agent_id,
+            self.node_id,
+            self.incarnation,
+            incarnation=incarnation,
+            mode=mode,
+            capabilities=tuple(capabilities) or tuple(cls.capabilities),
+            spec=spec,
+            status=AgentStatus.STARTING,
+        )
+        self._activating.add(agent_id)
+        try:
+            try:
+                written, revision = await registry.register(entry, self.members())
+            except AgentExists as exists:
+                await self._release(agent_id, incarnation, reserved)
+                live = registry.lookup(agent_id)
+                if live is not None and live.spec is not None and not exists.retryable:
+                    _same_class(live, spec, agent_id)
+                    return live
+                raise
+            except BaseException:
+                await self._release(agent_id, incarnation, reserved)
+                raise
+            await self._rekey_reservation(agent_id, incarnation, written, reserved, wanted)
+            try:
+                return await activate(self, written, revision)
+            except BaseException:
+                await self._release(agent_id, written.incarnation, reserved)
+                raise
+        finally:
+            self._activating.discard(agent_id)
+
+    async def _rekey_reservation(
+        self,
+        agent_id: str,
+        incarnation: int,
+        written: AgentEntry,
+        reserved: bool,
+        wanted: Mapping[str, float],
+    ) -> None:
         if reserved and written.incarnation != incarnation:
             await self._reservations().replace(
                 self.node_id,
@@ -356,7 +496,6 @@ class ClusterNode:
                 (agent_id, incarnation),
                 Reservation(agent_id, written.incarnation, wanted),
             )
-        return written
 
     async def _reserve(self, agent_id: str, incarnation: int, wanted: Mapping[str, float]) -> bool:
         if not wanted:
@@ -377,9 +516,13 @@ class ClusterNode:
 
     async def stop_agent(self, agent_id: str) -> bool:
         """Stop a local agent, remove its registry entry and release its reservation;
-        False if it is not here."""
+        False if it is not here. A persistent agent is stopped for good: its snapshot is
+        deleted and its inbox purged."""
         if self.local.lookup(agent_id) is None:
             return False
+        keeper = self.keepers.pop(agent_id, None)
+        if keeper is not None:
+            await keeper.close()
         await self.local.stop_agent(agent_id)
         registry = self._registry()
         revision = registry.revision_of(agent_id)
@@ -389,7 +532,18 @@ class ClusterNode:
             reservations = self._reservations()
             if reservations.of(self.node_id).holds((agent_id, entry.incarnation)):
                 await self._release(agent_id, entry.incarnation, True)
+            if keeper is not None and keeper.fenced is None:
+                await self._forget_persistent(agent_id, keeper)
         return True
+
+    async def _forget_persistent(self, agent_id: str, keeper: AgentKeeper) -> None:
+        try:
+            if self.state_store is not None:
+                await self.state_store.delete(agent_id)
+            if keeper.durable and self.durable_inbox is not None:
+                await self.durable_inbox.purge(agent_id, 2**62)
+        except AgentClusterError as error:
+            _log.warning("state of stopped agent %r not removed: %s", agent_id, error)
 
     def _reservations(self) -> Reservations:
         if self.reservations is None:
@@ -432,6 +586,10 @@ class ClusterNode:
         self._duty(self._stop_agents_then_resume())
 
     async def _stop_agents_then_resume(self) -> None:
+        for agent_id, keeper in list(self.keepers.items()):
+            keeper._fence(AgentFenced(agent_id, keeper.incarnation))
+            await keeper.close()
+            self.keepers.pop(agent_id, None)
         for agent_id in self.local.agents():
             info = self.local.lookup(agent_id)
             if info is not None and not is_system_agent(info.capabilities):
@@ -454,30 +612,118 @@ class ClusterNode:
     # --- leader duties --------------------------------------------------------------
 
     def _node_down(self, record: NodeRecord, reason: str) -> None:
-        if self.liveness is not None and self.liveness.is_leader:
-            self._duty(self._mark(record.id, f"node_{reason}", record.incarnation))
+        if self.failover is not None:
+            self.failover.kick()
 
     def _elected(self, term: int) -> None:
         _log.info("node %r leads the cluster (term %d)", self.node_id, term)
-        self._duty(self._sweep())
+        if self.failover is not None:
+            self.failover.kick()
 
-    async def _sweep(self) -> None:
-        """Continue from the registry as found: entries of nodes that are not alive, and
-        entries left by an older incarnation of a live node, are marked."""
-        for record in self.members().values():
-            if record.status is not NodeStatus.ALIVE:
-                await self._mark(record.id, f"node_{record.status.value}", record.incarnation)
-            else:
-                await self._mark(record.id, "node_restarted", record.incarnation - 1)
+    # --- persistent agents ----------------------------------------------------------
 
-    async def _mark(self, node_id: str, reason: str, up_to_incarnation: int) -> None:
-        if self.registry is None or up_to_incarnation < 1:
-            return
-        marked = await self.registry.mark_unavailable(
-            node_id, reason, up_to_incarnation=up_to_incarnation
+    def _stamp(self) -> WriteStamp:
+        renewer = None if self.liveness is None else self.liveness.renewer
+        if renewer is None:
+            raise UsageError(f"client {self.node_id!r} writes no registry entries")
+        return renewer.stamps.next()
+
+    def fence_ok(self) -> bool:
+        """This node may commit now: its lease is valid on the lease clock."""
+        return self.liveness is not None and self.liveness.valid()
+
+    def keeper_deps(self, max_staleness: float | None = None) -> KeeperDeps:
+        assert self.state_store is not None
+        return KeeperDeps(
+            node_id=self.node_id,
+            clock=self.local.clock,
+            store=self.state_store,
+            inbox=self.durable_inbox,
+            fence_ok=self.fence_ok,
+            send=self._release_signal,
+            dead_letter=self._dead_letter_emit,
+            on_fenced=self._on_fenced,
+            telemetry=self.local.telemetry,
+            max_staleness=self.max_staleness if max_staleness is None else max_staleness,
+            tasks=self._keeper_tasks,
         )
-        if marked:
-            _log.info("marked %d agents of %r unavailable (%s)", len(marked), node_id, reason)
+
+    async def _release_signal(self, signal: Signal) -> None:
+        target = signal.target
+        if target is None:
+            self.local.publish(signal)
+            return
+        if self.outbound is None:
+            raise ConnectionClosed(f"node {self.node_id!r} is not started")
+        await self.outbound.send(target, signal)
+
+    def _dead_letter_emit(self, signal: Signal, error: AgentClusterError) -> None:
+        self.local.dead_letter(signal, error, signal.target)
+
+    def _on_fenced(self, agent_id: str, fenced: AgentFenced) -> None:
+        _log.warning("%s", fenced)
+        self._duty(self._drop_fenced(agent_id))
+
+    async def _drop_fenced(self, agent_id: str) -> None:
+        keeper = self.keepers.pop(agent_id, None)
+        if keeper is not None:
+            await keeper.close()
+        if self.local.lookup(agent_id) is not None:
+            await self.local.stop_agent(agent_id, reason="fenced")
+
+    def _reconcile(self, entry: AgentEntry, revision: int) -> None:
+        """Every entry the registry cache takes in: activate what is assigned here, fence
+        what moved on to a newer incarnation elsewhere."""
+        if self._stopped or self.role != "node":
+            return
+        keeper = self.keepers.get(entry.id)
+        if keeper is not None and entry.incarnation > keeper.incarnation:
+            keeper._fence(AgentFenced(entry.id, keeper.incarnation, entry.incarnation))
+            return
+        if (
+            entry.status is AgentStatus.STARTING
+            and entry.node == self.node_id
+            and entry.node_incarnation == self.incarnation
+            and entry.mode is not AgentMode.PLAIN
+            and entry.id not in self._activating
+            and keeper is None
+        ):
+            self._activating.add(entry.id)
+            self._duty(self._activate_assigned(entry, revision))
+        if (
+            self.failover is not None
+            and entry.mode is not AgentMode.PLAIN
+            and entry.status is not AgentStatus.RUNNING
+        ):
+            self.failover.kick()
+
+    async def _activate_assigned(self, entry: AgentEntry, revision: int) -> None:
+        try:
+            await activate(self, entry, revision)
+        except AgentFenced as fenced:
+            _log.info("activation of %r on %r abandoned: %s", entry.id, self.node_id, fenced)
+        except AgentClusterError as error:
+            _log.warning("activation of %r on %r failed: %s", entry.id, self.node_id, error)
+        finally:
+            self._activating.discard(entry.id)
+
+    async def _close_keepers(self, *, final: bool) -> None:
+        """Stopping: with ``final`` (a graceful leave) new signals are refused and each
+        persistent agent takes a last snapshot, bounded; then every keeper stops."""
+        keepers = list(self.keepers.values())
+        if final and keepers:
+            for keeper in keepers:
+                keeper.running = False
+            self.local.pause()
+            await asyncio.gather(
+                *(k.final_snapshot(_FINAL_SNAPSHOT_TIMEOUT) for k in keepers),
+                return_exceptions=True,
+            )
+        for keeper in keepers:
+            await keeper.close()
+        self.keepers.clear()
+        for task in list(self._keeper_tasks):
+            task.cancel()
 
     def _duty(self, work: Awaitable[None]) -> None:
         async def run() -> None:
@@ -491,12 +737,87 @@ class ClusterNode:
                 else:
                     _log.exception("duty on %r failed", self.node_id)
 
+        def done(task: asyncio.Task[None]) -> None:
+            self._duties.discard(task)
+            if task.cancelled() and inspect.iscoroutine(work):
+                work.close()  # cancelled before it began: never awaited, and that is fine
+
+        if self._stopped:
+            if inspect.iscoroutine(work):
+                work.close()
+            return
         task = asyncio.get_running_loop().create_task(run())
         self._duties.add(task)
-        task.add_done_callback(self._duties.discard)
+        task.add_done_callback(done)
 
     def unavailable_agents(self) -> list[str]:
         """Entries this node's cache shows as ``unavailable``."""
         if self.registry is None:
             return []
         return sorted(e.id for e in self.registry.index if e.status is AgentStatus.UNAVAILABLE)
+
+
+def _mode_of(mode: str | AgentMode | None, options: Mapping[str, Any], agent_id: str) -> AgentMode:
+    """The agent's mode; contradictory options are refused here, at start."""
+    if mode is None:
+        chosen = AgentMode.PLAIN
+    elif isinstance(mode, AgentMode):
+        chosen = mode
+    elif mode in _MODES:
+        chosen = _MODES[mode]
+    else:
+        raise ConfigurationError(
+            f"agent {agent_id!r}: unknown mode {mode!r}; use one of {sorted(_MODES)}"
+        )
+    if chosen is AgentMode.PLAIN:
+        given = sorted(k for k in ("max_staleness", "max_attempts") if options.get(k) is not None)
+        if given:
+            raise ConfigurationError(
+                f"agent {agent_id!r}: {', '.join(given)} apply to critical and durable agents, "
+                "not to a plain one"
+            )
+        return chosen
+    if options.get("restart") == "temporary":
+        raise ConfigurationError(
+            f"agent {agent_id!r}: a {chosen.value} agent is restarted after a failure by "
+            "definition; restart='temporary' contradicts it"
+        )
+    if options.get("supervisor") is not None:
+        raise ConfigurationError(
+            f"agent {agent_id!r}: a {chosen.value} agent is supervised by the cluster, not by "
+            "a local supervisor"
+        )
+    if options.get("snapshot") is not None:
+        raise ConfigurationError(
+            f"agent {agent_id!r}: a {chosen.value} agent restores its own snapshot; give "
+            "initial state with state="
+        )
+    staleness = options.get("max_staleness")
+    if staleness is not None and (
+        isinstance(staleness, bool) or not isinstance(staleness, int | float) or staleness < 0
+    ):
+        raise ConfigurationError(
+            f"agent {agent_id!r}: max_staleness must be seconds >= 0, not {staleness!r}"
+        )
+    attempts = options.get("max_attempts")
+    if attempts is not None and (
+        chosen is not AgentMode.DURABLE
+        or isinstance(attempts, bool)
+        or not isinstance(attempts, int)
+        or attempts < 1
+    ):
+        raise ConfigurationError(
+            f"agent {agent_id!r}: max_attempts is an integer >= 1 for a durable agent, "
+            f"not {attempts!r} for a {chosen.value} one"
+        )
+    return chosen
+
+
+def _same_class(entry: AgentEntry, spec: Mapping[str, Any], agent_id: str) -> None:
+    held = None if entry.spec is None else entry.spec.get("class")
+    if held is not None and held != spec.get("class"):
+        raise AgentExists(
+            f"agent {agent_id!r} exists as {held}, not {spec.get('class')}",
+            agent_id=agent_id,
+            node_id=entry.node,
+        )

@@ -74,6 +74,8 @@ class Registry(WatchedCache):
             name="registry",
         )
         self.corrupt = 0
+        self.listeners: list[Callable[[AgentEntry, int], None]] = []
+        """Called with every entry the cache takes in (the node's reconciler)."""
         self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
 
     # --- the cache ------------------------------------------------------------------
@@ -124,8 +126,16 @@ class Registry(WatchedCache):
         self._hold(decoded, entry.revision)
 
     def _hold(self, decoded: AgentEntry, revision: int) -> None:
+        held = self._revisions.get(decoded.id)
+        if held is not None and revision < held:
+            return
         self.index.apply(decoded)
         self._revisions[decoded.id] = revision
+        for listener in self.listeners:
+            try:
+                listener(decoded, revision)
+            except Exception:
+                _log.exception("registry listener failed on %r", decoded.id)
         waiters = self._waiters.get(decoded.id)
         if waiters:
             still = [(r, f) for r, f in waiters if r > revision and not f.done()]
@@ -269,6 +279,30 @@ class Registry(WatchedCache):
                 continue
             marked.append(agent_id)
         return marked
+
+    async def read(
+        self, agent_id: str, *, timeout: float | None = None
+    ) -> tuple[AgentEntry, int] | None:
+        """The entry and its revision, read from the bucket (and taken into the cache)."""
+        entry = await self._kv.get(agent_key(agent_id), timeout=timeout)
+        if entry is None or entry.deleted:
+            return None
+        decoded = self._decode(entry)
+        if decoded is None:
+            return None
+        self._hold(decoded, entry.revision)
+        return decoded, entry.revision
+
+    async def write_at(
+        self, entry: AgentEntry, revision: int, *, timeout: float | None = None
+    ) -> int:
+        """Write ``entry`` by compare-and-set at ``revision`` (``RevisionMismatch`` if the
+        key moved on); the entry should carry a fresh stamp."""
+        written = await self._kv.update(
+            agent_key(entry.id), entry.to_bytes(), revision, timeout=timeout
+        )
+        self._hold(entry, written)
+        return written
 
     def revision_of(self, agent_id: str) -> int | None:
         """The revision of the cached entry (for compare-and-set by its owner)."""

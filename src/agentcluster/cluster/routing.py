@@ -93,6 +93,7 @@ from agentcluster.errors import (
     SignalDecodeError,
     SignalExpired,
     SignalTooLarge,
+    TransportError,
 )
 from agentcluster.transport.interface import Connection, Message, Subscription
 from agentcluster.transport.names import encode_token
@@ -290,6 +291,8 @@ class Router:
         self._calls: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._unacked: dict[tuple[str, str], str] = {}
         self._accepted = AcceptedIds(cfg.dedup_capacity)
+        self._durable: list[tuple[str, Signal, str, str, float]] = []
+        self._storing: set[asyncio.Task[None]] = set()
         self._subs: list[Subscription] = []
         self._started = False
         self._stopped = False
@@ -323,6 +326,8 @@ class Router:
             task.cancel()
         self._batcher.clear()
         for task in list(self._calls.values()):
+            task.cancel()
+        for task in list(self._storing):
             task.cancel()
         closed = ConnectionClosed(f"router of node {self.node_id!r} stopped")
         for pending in self._pending.values():
@@ -450,13 +455,21 @@ class Router:
                 if placement.status == "unavailable":
                     raise self._give_up(signal, agent_id, self._unavailable(agent_id))
                 if placement.node == self.node_id:
-                    if self._local_server(agent_id) is not None:
+                    server = self._local_server(agent_id)
+                    refusal: Refusal | None = None
+                    if server is not None and server.keeper is not None:
+                        refusal = await self._keeper_admits(server, kind, agent_id, signal)
+                        if refusal is None and kind is Kind.SEND and server.keeper.durable:
+                            self.stats.local += 1
+                            return None
+                    if server is not None and refusal is None:
                         self.stats.local += 1
                         if kind is Kind.SEND:
                             await self._node.send(agent_id, signal)
                             return None
                         return await self._node.call(agent_id, signal, timeout=deadline - now)
-                    refusal: Refusal | None = self._where(agent_id, signal.id)
+                    if refusal is None:
+                        refusal = self._where(agent_id, signal.id)
                 else:
                     if pending is None:
                         pending = self._register(key, kind, signal)
@@ -709,6 +722,11 @@ class Router:
                 task = self._calls.get((frame.id, frame.to))
                 if task is not None:
                     task.cancel()
+        if self._durable:
+            durable, self._durable = self._durable, []
+            task = asyncio.get_running_loop().create_task(self._store_durable(durable))
+            self._storing.add(task)
+            task.add_done_callback(self._storing.discard)
         if not msg.reply or not (accepted or refused):
             return
         calls = self._calls
@@ -727,6 +745,49 @@ class Router:
             ack = wire.ack_frame(self.node_id, self.incarnation, now_acked, refused)
             if self._enqueue(msg.reply, ack, control=True):
                 self.stats.acks_sent += 1
+
+    async def _keeper_admits(
+        self, server: AgentServer, kind: Kind, agent_id: str, signal: Signal
+    ) -> Refusal | None:
+        """A persistent agent here: refused while it is starting; a ``send`` to a durable
+        one is stored in its inbox (None: taken, or not the keeper's to take)."""
+        keeper = server.keeper
+        if not keeper.running:
+            return _starting(signal.id, agent_id, self.node_id)
+        if kind is not Kind.SEND or not keeper.durable:
+            return None
+        try:
+            await keeper.accept(signal)
+        except DeliveryError as error:
+            return _refusal_of(signal.id, agent_id, error)
+        except InvalidSignal as error:
+            return Refusal(signal.id, agent_id, Reason.INVALID, False, str(error))
+        except TransportError as error:
+            return Refusal(signal.id, agent_id, Reason.OVERLOADED, True, str(error))
+        return None
+
+    async def _store_durable(self, items: list[tuple[str, Signal, str, str, float]]) -> None:
+        """Store a batch's sends to durable agents in order, then acknowledge them."""
+        by_reply: dict[str, tuple[list[tuple[str, str]], list[Refusal]]] = {}
+        for agent_id, signal, key, reply, now in items:
+            accepted, refused = by_reply.setdefault(reply, ([], []))
+            server = self._local_server(agent_id)
+            if server is None or server.keeper is None:
+                refused.append(self._where(agent_id, signal.id))
+                continue
+            refusal = await self._keeper_admits(server, Kind.SEND, agent_id, signal)
+            if refusal is not None:
+                self.stats.refused[refusal.reason] += 1
+                refused.append(refusal)
+                continue
+            self._accepted.accept(key, self._remember_until(signal, now), now)
+            self.stats.accepted += 1
+            accepted.append((signal.id, agent_id))
+        for reply, (accepted, refused) in by_reply.items():
+            if reply and not self._stopped:
+                ack = wire.ack_frame(self.node_id, self.incarnation, accepted, refused)
+                if self._enqueue(reply, ack, control=True):
+                    self.stats.acks_sent += 1
 
     def _ack_held(self, reply: str, held: list[tuple[str, str]]) -> None:
         unacked = self._unacked
@@ -782,6 +843,14 @@ class Router:
                 accepted.append((signal.id, agent_id))
                 return
         verdict = self._admit(agent_id, signal, now)
+        if isinstance(verdict, AgentServer) and verdict.keeper is not None:
+            keeper = verdict.keeper
+            if not keeper.running:
+                verdict = _starting(signal.id, agent_id, self.node_id)
+            elif kind is Kind.SEND and keeper.durable:
+                # Acknowledged once stored in the durable inbox, after this batch.
+                self._durable.append((agent_id, signal, key, reply, now))
+                return
         if isinstance(verdict, AgentServer):
             if kind is Kind.CALL and len(self._calls) >= self.config.max_remote_calls:
                 verdict = Refusal(
@@ -924,3 +993,16 @@ class Router:
             if pending.accepted_on is None:
                 pending.accepted_on = pending.node
             pending.ack.set_result(None)
+
+
+def _starting(signal_id: str, agent_id: str, node_id: str) -> Refusal:
+    return Refusal(
+        signal_id, agent_id, Reason.STARTING, True, f"agent {agent_id!r} is starting on {node_id!r}"
+    )
+
+
+def _refusal_of(signal_id: str, agent_id: str, error: DeliveryError) -> Refusal:
+    reasons = {"starting": Reason.STARTING, "mailbox_full": Reason.MAILBOX_FULL}
+    return Refusal(
+        signal_id, agent_id, reasons.get(error.reason, Reason.OVERLOADED), True, str(error)
+    )
