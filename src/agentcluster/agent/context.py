@@ -75,6 +75,15 @@ class Context:
         """True once the action's timeout passed or its caller gave up."""
         return self._cancelled
 
+    @property
+    def fencing_token(self) -> tuple[int, int] | None:
+        """(agent incarnation, state revision) of a critical or durable agent; None for a
+        plain one. Pass it to systems outside the cluster so they can refuse a write from
+        an instance that was since replaced: both numbers only grow."""
+        server = self.node._agents.get(self.agent_id)
+        keeper = None if server is None else server.keeper
+        return None if keeper is None else keeper.fencing_token
+
     # --- directives ---------------------------------------------------------------
 
     def set(self, **changes: Any) -> SetState:

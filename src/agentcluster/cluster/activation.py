@@ -154,6 +154,19 @@ async def _activate(node: ClusterNode, entry: AgentEntry, revision: int) -> Agen
         break
     else:
         raise AgentFenced(entry.id, entry.incarnation)
+    telemetry = node.local.telemetry
+    if telemetry.enabled:
+        telemetry.emit(
+            ("agentcluster", "agent", "committed"),
+            {"count": 1},
+            {
+                "agent_id": entry.id,
+                "incarnation": entry.incarnation,
+                "kind": "fencing",
+                "revision": state_revision,
+                "node_id": node.node_id,
+            },
+        )
 
     options = persistent_options(spec)
     await node.local.start_agent(

@@ -40,6 +40,7 @@ from agentcluster.cluster.coordination.scatter import map_reduce
 from agentcluster.cluster.coordination.vote import VoteResult, vote
 from agentcluster.cluster.dead_letters import StoredDeadLetter, read_dead_letters
 from agentcluster.cluster.discovery import Discovery, TransportDiscovery, discovery_from
+from agentcluster.cluster.failover_manager import FailoverConfig
 from agentcluster.cluster.liveness import Role
 from agentcluster.cluster.node import ClusterNode
 from agentcluster.cluster.outbound import ClusterOutbound
@@ -52,6 +53,7 @@ from agentcluster.core.lease import LeaseTiming
 from agentcluster.core.membership import NodeRecord, NodeStatus
 from agentcluster.core.registry import AgentEntry
 from agentcluster.core.signal import Signal
+from agentcluster.core.snapshots import DEFAULT_MAX_STALENESS
 from agentcluster.core.topology import partitions
 from agentcluster.errors import (
     ConfigurationError,
@@ -96,6 +98,8 @@ class Cluster:
         node_capabilities: Mapping[str, Sequence[str]] | None = None,
         unavailable_ttl: float = 60.0,
         balancing: BalancerConfig | None = None,
+        failover: FailoverConfig | None = None,
+        max_staleness: float = DEFAULT_MAX_STALENESS,
     ) -> AsyncIterator[Cluster]:
         """An in-process cluster of ``nodes`` nodes named ``n1``…; stopped on exit.
 
@@ -120,6 +124,8 @@ class Cluster:
                 seed=f"{seed}/n{i}",
                 unavailable_ttl=unavailable_ttl,
                 balancing=balancing,
+                failover=failover,
+                max_staleness=max_staleness,
             )
             for i in range(1, nodes + 1)
         ]
@@ -153,6 +159,8 @@ class Cluster:
         storage: Storage = "file",
         unavailable_ttl: float = 60.0,
         balancing: BalancerConfig | None = None,
+        failover: FailoverConfig | None = None,
+        max_staleness: float = DEFAULT_MAX_STALENESS,
         **nats_options: Any,
     ) -> AsyncIterator[Cluster]:
         """Join the cluster behind ``servers`` (NATS URLs) as one node or a client.
@@ -203,6 +211,8 @@ class Cluster:
             storage=storage,
             unavailable_ttl=unavailable_ttl,
             balancing=balancing,
+            failover=failover,
+            max_staleness=max_staleness,
         )
         await node.start()
         try:

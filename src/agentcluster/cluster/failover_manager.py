@@ -63,6 +63,8 @@ class FailoverConfig:
     """Seconds between passes when nothing wakes the loop (capacity may have appeared)."""
     concurrency: int = 64
     """Decisions written at once."""
+    batch: int = 256
+    """Decisions planned per pass; a pass that leaves some plans the next one at once."""
 
 
 class FailoverManager:
@@ -159,6 +161,7 @@ class FailoverManager:
             max_failovers=self.config.max_failovers,
             failover_window=self.config.failover_window,
             activation_timeout=self.config.activation_timeout,
+            limit=self.config.batch,
         )
         self._starting = plan.starting
         if not plan.decisions:

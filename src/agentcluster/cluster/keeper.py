@@ -224,6 +224,7 @@ class AgentKeeper:
                 elif self.scheduler.covers(latest) and self._deps.fence_ok():
                     future, result = value
                     if not future.done():
+                        self._committed("reply")
                         future.set_result(result)
                 else:
                     self._replies.append((latest, *value))
@@ -292,6 +293,7 @@ class AgentKeeper:
         if self.position.is_applied(seq) and seq in self._seen:
             return
         await self.deliver(seq, stored, wait=_ACCEPT_WAIT)
+        self._committed("inbox_ack")
 
     async def deliver(self, seq: int, signal: Signal, *, wait: float) -> None:
         """Hand a stored signal to the mailbox under its sequence."""
@@ -421,6 +423,7 @@ class AgentKeeper:
             self._pointer = pointer
             self.writes += 1
             self.scheduler.write_committed(version, clock.monotonic())
+            self._committed("state", revision)
         self._release(version, envelope)
 
     def _release(self, version: int, envelope: SnapshotEnvelope) -> None:
@@ -431,6 +434,7 @@ class AgentKeeper:
             for held in self._replies:
                 if held[0] <= version:
                     if not held[1].done():
+                        self._committed("reply")
                         held[1].set_result(held[2])
                 else:
                     still.append(held)
@@ -462,6 +466,7 @@ class AgentKeeper:
             self.outbox = self.outbox.released([entry.entry_id])
             return
         self._sending.add(entry.entry_id)
+        self._committed("emit")
         self._spawn(self._send_one(entry.entry_id, signal))
 
     async def _send_one(self, entry_id: str, signal: Signal) -> None:
@@ -492,6 +497,22 @@ class AgentKeeper:
         tasks = self._deps.tasks
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+    def _committed(self, kind: str, revision: int | None = None) -> None:
+        """Every externally visible effect, for invariant checkers (``sim.invariants``)."""
+        telemetry = self._deps.telemetry
+        if telemetry.enabled:
+            telemetry.emit(
+                ("agentcluster", "agent", "committed"),
+                {"count": 1},
+                {
+                    "agent_id": self.agent_id,
+                    "incarnation": self.incarnation,
+                    "kind": kind,
+                    "revision": revision,
+                    "node_id": self._deps.node_id,
+                },
+            )
 
     def _fence(self, fenced: AgentFenced) -> None:
         if self.fenced is not None:

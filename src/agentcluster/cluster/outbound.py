@@ -16,14 +16,17 @@ from typing import Any, TypeVar
 
 from agentcluster.agent.node import Capability, LocalNode, Target
 from agentcluster.cluster.balancing import BalancerConfig, RequestBalancer
+from agentcluster.cluster.inbox import DUPLICATE_WINDOW
 from agentcluster.cluster.registry import Registry
 from agentcluster.cluster.routing import Router
 from agentcluster.core.membership import NodeRecord
+from agentcluster.core.registry import AgentMode
 from agentcluster.core.signal import Signal
 from agentcluster.errors import (
     AgentClusterError,
     AgentNotFound,
     ConfigurationError,
+    InvalidSignal,
     NoAvailableNode,
     Overloaded,
     UsageError,
@@ -123,7 +126,24 @@ class ClusterOutbound:
             )
             return
         for agent_id in self.targets(target, signal):
+            self._check_durable(agent_id, signal, timeout)
             await self._router.send(agent_id, signal, timeout=timeout)
+
+    def _check_durable(self, agent_id: str, signal: Signal, timeout: float | None) -> None:
+        """A send to a durable agent whose deadline outlives the inbox's duplicate window
+        would be stored twice by a late retry: refused before anything is sent."""
+        entry = self._registry.lookup(agent_id)
+        if entry is None or entry.mode is not AgentMode.DURABLE:
+            return
+        budget = timeout
+        if budget is None and signal.deadline is not None:
+            budget = signal.deadline - self._local.clock.monotonic()
+        if budget is not None and budget > DUPLICATE_WINDOW:
+            raise InvalidSignal(
+                f"a send to durable agent {agent_id!r} may have a deadline of at most "
+                f"{DUPLICATE_WINDOW:g} s (the inbox's duplicate window), not {budget:.0f} s: "
+                "a later retry would be stored twice"
+            )
 
     async def call(self, target: Target, signal: Signal, *, timeout: float | None = None) -> Any:
         if type(target) is str:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from agentcluster.agent.action import Action
 from agentcluster.agent.agent import Agent
 from agentcluster.agent.context import Context
+from agentcluster.agent.directives import Directive
 
 __all__ = ["Add", "Counter", "Get"]
 
@@ -32,7 +33,7 @@ class Add(Action):
 
     async def run(self, params: Add.Params, ctx: Context) -> Any:
         total = ctx.state.total + params.n
-        changes = [ctx.set(total=total, applied=ctx.state.applied + 1)]
+        changes: list[Directive] = [ctx.set(total=total, applied=ctx.state.applied + 1)]
         if ctx.state.forward:
             changes.append(ctx.emit("count.add", {"n": params.n}, target=ctx.state.forward))
         return {"total": total}, changes
