@@ -137,6 +137,8 @@ class AgentKeeper:
         self._seq_of: dict[str, int] = {}
         self._outstanding: dict[int, None] = {}
         self._seen: OrderedDict[int, None] = OrderedDict()
+        for seq in () if position is None else sorted(position.applied):
+            self._remember(seq)  # applied by an earlier owner: a retried store is a duplicate
         self._max_seq = 0 if position is None else position.floor
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._purged_below = 0
@@ -289,8 +291,10 @@ class AgentKeeper:
         if duplicate and (
             seq in self._seen or seq in self._outstanding or seq <= self.activation_floor
         ):
-            return
-        if self.position.is_applied(seq) and seq in self._seen:
+            # Stored before and delivered (or done before this owner began): the sender's
+            # retry is acknowledged, not run again. A duplicate this owner never saw was
+            # stored without being delivered (an earlier store's reply was lost): run it.
+            self._committed("inbox_ack")
             return
         await self.deliver(seq, stored, wait=_ACCEPT_WAIT)
         self._committed("inbox_ack")
@@ -369,6 +373,8 @@ class AgentKeeper:
                     await self._write_once()
                 except AgentFenced:
                     return
+                except NodeUnavailable as error:
+                    _log.debug("snapshot of %r waits for the lease: %s", self.agent_id, error)
                 except AgentClusterError as error:
                     _log.warning("snapshot of %r not written: %s", self.agent_id, error)
                 continue
