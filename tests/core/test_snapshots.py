@@ -16,7 +16,6 @@ from agentcluster.core.snapshots import (
     SnapshotEnvelope,
     SnapshotScheduler,
     decode_stored,
-    migrate,
     retry_delay,
     storage_plan,
 )
@@ -24,7 +23,6 @@ from agentcluster.errors import (
     AgentClusterError,
     ConfigurationError,
     CorruptRecord,
-    RestoreFailed,
     UsageError,
 )
 
@@ -529,44 +527,3 @@ def test_malformed_pointer_is_a_corrupt_record(raw: dict[str, Any]) -> None:
 # --- migration ----------------------------------------------------------------------
 
 
-def _add_field(version: int, data: dict[str, Any]) -> dict[str, Any]:
-    return {**data, "steps": [*data.get("steps", []), version]}
-
-
-def _envelope(version: int) -> SnapshotEnvelope:
-    return SnapshotEnvelope(version, {"n": 1}, [], [], None, 1)
-
-
-@pytest.mark.parametrize(
-    ("found", "current", "steps"),
-    [(3, 3, None), (1, 2, [1]), (0, 4, [0, 1, 2, 3])],
-)
-def test_migrate_steps_one_version_at_a_time(
-    found: int, current: int, steps: list[int] | None
-) -> None:
-    out = migrate(_envelope(found), current, _add_field)
-    assert out.schema_version == current
-    assert out.state.get("steps") == steps
-    assert out.state["n"] == 1
-
-
-def test_snapshot_newer_than_the_code_fails_the_restore() -> None:
-    with pytest.raises(RestoreFailed, match=r"5.*3") as info:
-        migrate(_envelope(5), 3, _add_field, agent_id="a1")
-    assert info.value.agent_id == "a1"
-
-
-def test_a_failing_step_fails_the_restore_naming_the_versions() -> None:
-    def broken(version: int, data: dict[str, Any]) -> dict[str, Any]:
-        if version == 2:
-            raise KeyError("gone")
-        return data
-
-    with pytest.raises(RestoreFailed, match=r"from schema version 2 to 3") as info:
-        migrate(_envelope(1), 4, broken)
-    assert isinstance(info.value.__cause__, KeyError)
-
-
-def test_a_step_returning_no_dict_fails_the_restore() -> None:
-    with pytest.raises(RestoreFailed, match="NoneType"):
-        migrate(_envelope(1), 2, lambda v, d: None)  # type: ignore[arg-type,return-value]

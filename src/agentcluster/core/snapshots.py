@@ -29,9 +29,10 @@ Theory of operation:
   (inclusive); above it the bytes go to the object store under their sha256 and an
   ``ObjectPointer`` is written to key-value *after* the object, so a pointer never names a
   missing object. ``decode_stored`` tells the two apart when reading.
-- **Migration.** ``migrate`` upgrades an old snapshot one schema version at a time. A
-  snapshot newer than the code, or a step that raises, is ``RestoreFailed`` naming the
-  versions: the agent is marked failed, never silently reset to a fresh state.
+- **Migration** is the agent class's own (``Agent.migrate``, called by ``Agent.restore``
+  on the envelope's ``state``, the agent's snapshot): a snapshot newer than the code, or a
+  migration that raises, is ``RestoreFailed`` and the agent is marked failed, never
+  silently reset to a fresh state.
 
 Nothing here reads a clock or does I/O; times are monotonic seconds passed in, and a time
 earlier than one already seen is taken as the latest one seen.
@@ -41,7 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -52,7 +53,6 @@ from agentcluster.errors import (
     AgentError,
     ConfigurationError,
     CorruptRecord,
-    RestoreFailed,
     UsageError,
 )
 
@@ -69,7 +69,6 @@ __all__ = [
     "SnapshotEnvelope",
     "SnapshotScheduler",
     "decode_stored",
-    "migrate",
     "retry_delay",
     "storage_plan",
 ]
@@ -467,44 +466,3 @@ def decode_stored(data: bytes) -> SnapshotEnvelope | ObjectPointer:
     if "object" in raw:
         return ObjectPointer._from_raw(raw)
     return SnapshotEnvelope._from_raw(raw)
-
-
-# --- migration ----------------------------------------------------------------------
-
-
-def migrate(
-    envelope: SnapshotEnvelope,
-    current_version: int,
-    migrate_fn: Callable[[int, dict[str, Any]], dict[str, Any]],
-    *,
-    agent_id: str | None = None,
-) -> SnapshotEnvelope:
-    """Upgrade ``envelope`` to ``current_version``: ``migrate_fn(v, state)`` turns state of
-    schema ``v`` into state of schema ``v + 1``, applied for each ``v`` from the snapshot's
-    version up. A snapshot newer than the code, a step that raises or a step that returns
-    no dict raises ``RestoreFailed``."""
-    found = envelope.schema_version
-    if found > current_version:
-        raise RestoreFailed(
-            f"snapshot has schema version {found}, newer than the code's {current_version}",
-            agent_id=agent_id,
-        )
-    state = envelope.state
-    for version in range(found, current_version):
-        try:
-            state = migrate_fn(version, state)
-        except Exception as exc:
-            raise RestoreFailed(
-                f"migrating snapshot from schema version {version} to {version + 1} "
-                f"(of {found} -> {current_version}) failed: {type(exc).__name__}: {exc}",
-                agent_id=agent_id,
-            ) from exc
-        if not isinstance(state, dict):
-            raise RestoreFailed(
-                f"migrating snapshot from schema version {version} to {version + 1} "
-                f"returned {type(state).__name__}, not a dict",
-                agent_id=agent_id,
-            )
-    if found == current_version:
-        return envelope
-    return replace(envelope, schema_version=current_version, state=state)
