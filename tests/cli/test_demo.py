@@ -308,9 +308,13 @@ def test_cli_demo_prints_the_cluster_story(monkeypatch: pytest.MonkeyPatch) -> N
         assert title in result.output
     assert "n1 declared dead" in result.output
     assert "failover" in result.output
-    summary = result.output.splitlines()[-1]
+    [summary] = [
+        line for line in result.output.splitlines() if line.startswith("3 nodes, killed n1")
+    ]
     assert summary.startswith("3 nodes, killed n1 (the leader): declared dead after 0.99 s")
     assert "invariants hold" in summary
+    assert "Failover of the killed node's agents" in result.output
+    assert "Invariants (act 3)" in result.output
 
 
 def test_cli_demo_exits_1_when_an_invariant_breaks(monkeypatch: pytest.MonkeyPatch) -> None:

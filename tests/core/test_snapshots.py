@@ -525,5 +525,3 @@ def test_malformed_pointer_is_a_corrupt_record(raw: dict[str, Any]) -> None:
 
 
 # --- migration ----------------------------------------------------------------------
-
-

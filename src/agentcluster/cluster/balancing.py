@@ -15,6 +15,10 @@ Three guards, each a decision of ``core``:
   agent's) holders until its cool-down passes and a half-open trial succeeds. When every
   holder is excluded by breakers the request fails at once with
   ``NoAvailableNode(reason="all_breakers_open")``.
+- **Quarantine** excludes: a holder whose node is quarantined or on probation (the
+  ``quarantined`` predicate, set by whoever follows the quarantine keys) is never chosen;
+  when every holder's node is, the request fails with
+  ``NoAvailableNode(reason="all_quarantined")``.
 - **Suspicion** steers, as before: holders on nodes this node suspects (phi) are passed
   over while another holder is heard; if every holder is suspected, suspicion is ignored.
 - **Load shedding**: a holder with ``max_in_flight`` requests in flight from this process,
@@ -187,6 +191,9 @@ class RequestBalancer:
         self.max_in_flight = self.config.max_in_flight
         self.shed_load = self.config.shed_load
         self.surges = 0
+        self.quarantined: Callable[[str], bool] | None = None
+        """Whether a node is quarantined; a snapshot reads it when it is rebuilt (at most
+        ``refresh`` seconds old), so a quarantine takes effect within that."""
 
     # --- decisions ------------------------------------------------------------------
 
@@ -292,6 +299,7 @@ class RequestBalancer:
         knows of each: record, breakers, observed figures), shaped by ``core``'s
         ``steer`` (suspicion, shedding by node load)."""
         members = self._members()
+        quarantined = self.quarantined
         nodes: dict[str, NodeView] = {}
         views: list[HolderView] = []
         trials: dict[str, str] = {}
@@ -309,6 +317,7 @@ class RequestBalancer:
                     capacity={} if record is None else record.capacity,
                     agent_count=0 if record is None else record.agent_count,
                     load=0.0 if record is None else record.load,
+                    quarantined=quarantined is not None and quarantined(node_id),
                     breaker=self.node_breakers.state(node_id, now),
                 )
             own = self.agent_breakers.state(agent_id, now)

@@ -41,6 +41,7 @@ from agentcluster.cluster.coordination.vote import VoteResult, vote
 from agentcluster.cluster.dead_letters import StoredDeadLetter, read_dead_letters
 from agentcluster.cluster.discovery import Discovery, TransportDiscovery, discovery_from
 from agentcluster.cluster.failover_manager import FailoverConfig
+from agentcluster.cluster.health_monitor import HealthMonitorConfig
 from agentcluster.cluster.liveness import Role
 from agentcluster.cluster.node import ClusterNode
 from agentcluster.cluster.outbound import ClusterOutbound
@@ -100,6 +101,8 @@ class Cluster:
         balancing: BalancerConfig | None = None,
         failover: FailoverConfig | None = None,
         max_staleness: float = DEFAULT_MAX_STALENESS,
+        health: HealthMonitorConfig | None = None,
+        min_nodes: int | None = None,
     ) -> AsyncIterator[Cluster]:
         """An in-process cluster of ``nodes`` nodes named ``n1``…; stopped on exit.
 
@@ -126,6 +129,8 @@ class Cluster:
                 balancing=balancing,
                 failover=failover,
                 max_staleness=max_staleness,
+                health=health,
+                min_nodes=min_nodes,
             )
             for i in range(1, nodes + 1)
         ]
@@ -161,6 +166,8 @@ class Cluster:
         balancing: BalancerConfig | None = None,
         failover: FailoverConfig | None = None,
         max_staleness: float = DEFAULT_MAX_STALENESS,
+        health: HealthMonitorConfig | None = None,
+        min_nodes: int | None = None,
         **nats_options: Any,
     ) -> AsyncIterator[Cluster]:
         """Join the cluster behind ``servers`` (NATS URLs) as one node or a client.
@@ -213,6 +220,8 @@ class Cluster:
             balancing=balancing,
             failover=failover,
             max_staleness=max_staleness,
+            health=health,
+            min_nodes=min_nodes,
         )
         await node.start()
         try:

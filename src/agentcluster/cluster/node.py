@@ -46,11 +46,14 @@ from agentcluster.cluster.control import (
 )
 from agentcluster.cluster.dead_letters import DeadLetterShipper
 from agentcluster.cluster.failover_manager import FailoverConfig, FailoverManager
+from agentcluster.cluster.health_monitor import HealthMonitorConfig
 from agentcluster.cluster.inbox import DurableInbox
 from agentcluster.cluster.keeper import AgentKeeper, KeeperDeps
 from agentcluster.cluster.liveness import LivenessHooks, NodeLiveness, Role
 from agentcluster.cluster.membership import JoinSpec, Vitals
 from agentcluster.cluster.outbound import ClusterOutbound
+from agentcluster.cluster.partition_handler import failover_suspended
+from agentcluster.cluster.quarantine import QUARANTINE_SERVICE, QuarantineBook, quarantine_book
 from agentcluster.cluster.registry import Registry
 from agentcluster.cluster.resources import Reservations
 from agentcluster.cluster.routing import Placement, Router
@@ -142,9 +145,13 @@ class ClusterNode:
         balancing: BalancerConfig | None = None,
         failover: FailoverConfig | None = None,
         max_staleness: float = DEFAULT_MAX_STALENESS,
+        health: HealthMonitorConfig | None = None,
+        min_nodes: int | None = None,
     ) -> None:
         self.node_id = node_id
         self._failover_config = failover
+        self._health = health
+        self._min_nodes = min_nodes
         self.max_staleness = max_staleness
         self._balancing = balancing
         self.role: Role = role
@@ -268,11 +275,24 @@ class ClusterNode:
                 data, replicas=self._replicas, storage=self._storage
             )
             self.registry.listeners.append(self._reconcile)
-            self.failover = FailoverManager(self, self._failover_config)
+            self.failover = FailoverManager(
+                self, self._failover_config, suspended=lambda: failover_suspended(self)
+            )
             self.failover.start()
             self._control = NodeControl(self, data)
             await self._control.start()
-            self.system = await start_system_agents(self, unavailable_ttl=self._unavailable_ttl)
+            self.system = await start_system_agents(
+                self,
+                unavailable_ttl=self._unavailable_ttl,
+                health=self._health,
+                min_nodes=self._min_nodes,
+            )
+        else:
+            # A client places and balances too: it follows the quarantine keys, read-only.
+            book = QuarantineBook(liveness.buckets.coordination, self._client_stamps)
+            await book.start()
+            self.local.services[QUARANTINE_SERVICE] = book
+            self.outbound.balancer.quarantined = book.holds
 
     def _client_stamps(self) -> Any:
         raise UsageError(f"client {self.node_id!r} writes no registry entries")
@@ -301,6 +321,9 @@ class ClusterNode:
             await self.registry.stop()
         if self.reservations is not None:
             await self.reservations.stop()
+        book = quarantine_book(self.local.services)
+        if book is not None:
+            await book.stop()
         if self.liveness is not None:
             if leave:
                 await self.liveness.leave()

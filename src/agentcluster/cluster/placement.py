@@ -3,8 +3,9 @@
 ``Placer`` builds a ``core.node_view.NodeView`` of every live hosting node from what the
 node it belongs to already holds in memory — the ``nodes`` records (labels, capabilities,
 capacity, load), the ``reservations`` cache (what is promised), the registry (how many user
-agents each node runs), the heartbeats (a node this node suspects counts as unhealthy)
-and the request path's node breakers — and hands them to the named strategy of
+agents each node runs), the heartbeats (a node this node suspects counts as unhealthy),
+the quarantine keys (``cluster.quarantine``: a quarantined or probationary node is
+excluded) and the request path's node breakers — and hands them to the named strategy of
 ``core.placement``. The decision is the core's; nothing here chooses.
 
 A placement is only a proposal: the chosen node reserves the resources itself by
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agentcluster.cluster.quarantine import quarantine_book
 from agentcluster.core.circuit_breaker import BreakerState
 from agentcluster.core.membership import NodeStatus
 from agentcluster.core.node_view import Health, NodeView, PlacementRequest
@@ -159,6 +161,7 @@ class Placer:
         liveness = node.liveness
         heartbeats = None if liveness is None else liveness.heartbeats
         breakers = node.outbound.balancer.node_breakers if node.outbound is not None else None
+        quarantine = quarantine_book(node.local.services)
         now = node.local.clock.monotonic()
         allowed = None if self._hosts is None else set(self._hosts())
         views: list[NodeView] = []
@@ -181,6 +184,7 @@ class Placer:
                     agent_count=users + self._pending.get(node_id, 0),
                     load=record.load,
                     health=Health.UNHEALTHY if suspected else Health.HEALTHY,
+                    quarantined=quarantine is not None and quarantine.holds(node_id),
                     breaker=BreakerState.CLOSED
                     if breakers is None
                     else breakers.state(node_id, now),

@@ -1,20 +1,26 @@
 """System agents: the cluster's own functions, run as ordinary agents on every node.
 
 Theory of operation (DESIGN.md, "Everything is an agent"). Every node starts, under one
-*clustering supervisor* (``clustering``, one-for-one, bounded restarts), five agents:
+*clustering supervisor* (``clustering``, one-for-one, bounded restarts), seven agents:
 
-========================  ===================================  ===============================
-agent                     id                                   signal types
-========================  ===================================  ===============================
-``NodeDiscoveryAgent``    ``system.<node>.node_discovery``     ``cluster.node_discovery.*``
-``FailureDetectorAgent``  ``system.<node>.failure_detector``   ``cluster.failure_detector.*``
-``RegistryKeeperAgent``   ``system.<node>.registry_keeper``    ``cluster.registry_keeper.*``
-``ResourceManagerAgent``  ``system.<node>.resource_manager``   ``cluster.resource_manager.*``
-``LoadBalancerAgent``     ``system.<node>.load_balancer``      ``cluster.load_balancer.*``
-========================  ===================================  ===============================
+=========================  ==================================  ================================
+agent                      id                                  signal types
+=========================  ==================================  ================================
+``NodeDiscoveryAgent``     ``system.<node>.node_discovery``    ``cluster.node_discovery.*``
+``FailureDetectorAgent``   ``system.<node>.failure_detector``  ``cluster.failure_detector.*``
+``RegistryKeeperAgent``    ``system.<node>.registry_keeper``   ``cluster.registry_keeper.*``
+``ResourceManagerAgent``   ``system.<node>.resource_manager``  ``cluster.resource_manager.*``
+``LoadBalancerAgent``      ``system.<node>.load_balancer``     ``cluster.load_balancer.*``
+``HealthMonitorAgent``     ``system.<node>.health_monitor``    ``cluster.health_monitor.*``
+``PartitionHandlerAgent``  ``system.<node>.partition_handler`` ``cluster.partition_handler.*``
+=========================  ==================================  ================================
 
-The last two live in their own modules (``cluster.resource_manager``,
-``cluster.load_balancer``).
+The last four live in their own modules (``cluster.resource_manager``,
+``cluster.load_balancer``, ``cluster.health_monitor``, ``cluster.partition_handler``).
+Before starting them, ``start_system_agents`` lends the node three node-side objects that
+outlive agent restarts: the quarantine cache (``services["quarantine"]``, which placement
+and request balancing read), the health monitor's ``HealthService`` and the partition
+handler's ``PartitionWatch``.
 
 Each is registered in the cluster registry like a user's plain agent, so
 ``cluster.call("system.n2.failure_detector", Signal("cluster.failure_detector.status"))``
@@ -64,7 +70,21 @@ from agentcluster.agent.action import Action, NoParams
 from agentcluster.agent.agent import Agent
 from agentcluster.agent.context import Context
 from agentcluster.agent.supervisor import Supervisor
+from agentcluster.cluster.health_monitor import (
+    HEALTH_MONITOR,
+    HEALTH_SERVICE,
+    HealthMonitorAgent,
+    HealthMonitorConfig,
+    HealthService,
+)
 from agentcluster.cluster.load_balancer import LOAD_BALANCER, LoadBalancerAgent
+from agentcluster.cluster.partition_handler import (
+    PARTITION_HANDLER,
+    PARTITION_SERVICE,
+    PartitionHandlerAgent,
+    PartitionWatch,
+)
+from agentcluster.cluster.quarantine import QUARANTINE_SERVICE, QuarantineBook
 from agentcluster.cluster.resource_manager import RESOURCE_MANAGER, ResourceManagerAgent
 from agentcluster.cluster.system_base import (
     CLUSTER_SERVICE,
@@ -89,8 +109,10 @@ if TYPE_CHECKING:
 __all__ = [
     "CLUSTER_SERVICE",
     "FAILURE_DETECTOR",
+    "HEALTH_MONITOR",
     "LOAD_BALANCER",
     "NODE_DISCOVERY",
+    "PARTITION_HANDLER",
     "REGISTRY_KEEPER",
     "RESOURCE_MANAGER",
     "SUPERVISOR_ID",
@@ -99,12 +121,15 @@ __all__ = [
     "ExpiryPlan",
     "FailureDetectorAgent",
     "FailureDetectorState",
+    "HealthMonitorAgent",
+    "HealthMonitorConfig",
     "LeaseView",
     "LoadBalancerAgent",
     "MemberChange",
     "MemberView",
     "NodeDiscoveryAgent",
     "NodeDiscoveryState",
+    "PartitionHandlerAgent",
     "PeerHealth",
     "PendingDeletion",
     "RegistryKeeperAgent",
@@ -708,18 +733,28 @@ SYSTEM_AGENTS: Mapping[str, type[Agent]] = {
     REGISTRY_KEEPER: RegistryKeeperAgent,
     RESOURCE_MANAGER: ResourceManagerAgent,
     LOAD_BALANCER: LoadBalancerAgent,
+    HEALTH_MONITOR: HealthMonitorAgent,
+    PARTITION_HANDLER: PartitionHandlerAgent,
 }
 """Every system agent by role name, in start order."""
 
 
 @dataclass(frozen=True, slots=True)
 class SystemAgents:
-    """The system agents started on one node."""
+    """The system agents started on one node, and the node-side objects they share."""
 
     node_id: str
     supervisor: Supervisor
     ids: Mapping[str, str]
     """Role name (``failure_detector``, ...) -> agent id."""
+    quarantine: QuarantineBook | None = None
+    health: HealthService | None = None
+    partition: PartitionWatch | None = None
+
+    def failover_suspended(self) -> bool:
+        """Whether automatic failover must wait now (``PartitionWatch.failover_suspended``:
+        fewer than ``min_nodes`` alive, or this node's lease lapsed)."""
+        return self.partition is not None and self.partition.failover_suspended()
 
 
 def _seconds(name: str, value: float) -> None:
@@ -740,6 +775,9 @@ async def start_system_agents(
     refresh_interval: float = 1.0,
     max_restarts: int = 5,
     restart_period: float = 10.0,
+    health: HealthMonitorConfig | None = None,
+    min_nodes: int | None = None,
+    partition_history: int = 1000,
 ) -> SystemAgents:
     """Start the system agents of a started ``node`` under its clustering supervisor.
 
@@ -748,6 +786,10 @@ async def start_system_agents(
     gives up on them with a critical alert; the node and its lease carry on), and starts and
     registers each agent as a permanent child. Raises ``ConfigurationError`` when the node
     is not started or its system agents already run.
+
+    ``health`` configures the health monitor (``configure_health_monitor`` changes it
+    later); ``min_nodes`` suspends automatic failover below that many alive nodes and
+    ``partition_history`` bounds the partition handler's history (``PartitionWatch``).
     """
     _seconds("unavailable_ttl", unavailable_ttl)
     _seconds("refresh_interval", refresh_interval)
@@ -761,6 +803,7 @@ async def start_system_agents(
             f"node {node.node_id!r} already lends services[{CLUSTER_SERVICE!r}] to another node"
         )
     local.services[CLUSTER_SERVICE] = node
+    quarantine, service, watch = await _lend_services(node, health, min_nodes, partition_history)
     supervisor = await local.start_supervisor(
         SUPERVISOR_ID, [], strategy="one_for_one", max_restarts=max_restarts, period=restart_period
     )
@@ -773,6 +816,8 @@ async def start_system_agents(
         },
         RESOURCE_MANAGER: {"refresh_interval": refresh_interval, "grace": reservation_grace},
         LOAD_BALANCER: {"refresh_interval": refresh_interval},
+        HEALTH_MONITOR: {},
+        PARTITION_HANDLER: {"refresh_interval": refresh_interval},
     }
     ids: dict[str, str] = {}
     for name, agent in SYSTEM_AGENTS.items():
@@ -786,4 +831,44 @@ async def start_system_agents(
             supervisor=SUPERVISOR_ID,
         )
         ids[name] = agent_id
-    return SystemAgents(node.node_id, supervisor, ids)
+    return SystemAgents(node.node_id, supervisor, ids, quarantine, service, watch)
+
+
+async def _lend_services(
+    node: ClusterNode,
+    health: HealthMonitorConfig | None,
+    min_nodes: int | None,
+    partition_history: int,
+) -> tuple[QuarantineBook, HealthService, PartitionWatch]:
+    """The quarantine cache, the health service and the partition watch, on the node.
+
+    The quarantine cache follows its watch until the node's data connection closes; the
+    request balancer of the node reads it from then on.
+    """
+    local = node.local
+    liveness = node.liveness
+    assert liveness is not None
+    assert liveness.buckets is not None
+    book = local.services.get(QUARANTINE_SERVICE)
+    if not isinstance(book, QuarantineBook):
+        renewer = liveness.renewer
+        if renewer is None:
+            raise ConfigurationError(f"node {node.node_id!r} has no lease: it writes nothing")
+        book = QuarantineBook(liveness.buckets.coordination, lambda: renewer.stamps)
+        await book.start()
+        local.services[QUARANTINE_SERVICE] = book
+    if node.outbound is not None:
+        node.outbound.balancer.quarantined = book.holds
+    service = local.services.get(HEALTH_SERVICE)
+    if not isinstance(service, HealthService):
+        service = local.services[HEALTH_SERVICE] = HealthService(node, health)
+    elif health is not None:
+        service.configure(health)
+    watch = local.services.get(PARTITION_SERVICE)
+    if not isinstance(watch, PartitionWatch):
+        watch = local.services[PARTITION_SERVICE] = PartitionWatch(
+            node, min_nodes=min_nodes, history=partition_history
+        )
+    elif min_nodes is not None:
+        watch.min_nodes = min_nodes
+    return book, service, watch
