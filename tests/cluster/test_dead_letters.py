@@ -4,15 +4,20 @@ is gone, bounded, and never lost silently when the store refuses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 from agentcluster import Action, Agent, Signal
+from agentcluster.agent.dead_letters import DeadLetter
 from agentcluster.cluster.cluster import Cluster
+from agentcluster.cluster.dead_letters import DeadLetterShipper
 from agentcluster.errors import AgentNotFound, AgentUnavailable
 from agentcluster.sim import VirtualClock
 from agentcluster.testing.waiting import eventually
+from agentcluster.transport.interface import PubAck
 
 
 class Hello(Action):
@@ -65,3 +70,45 @@ async def test_letters_the_store_refuses_are_counted_not_dropped_silently() -> N
         assert len(node.local.dead_letters) == 1  # kept in memory at once
         await eventually(lambda: shipper.unshipped == 1, 60)
         assert shipper.shipped == 0
+
+
+class _SwallowingStream:
+    """A stream whose publish returns normally when cancelled, as Python 3.11's
+    ``asyncio.wait_for`` (under nats-py's request) does when the reply arrives together
+    with the cancellation."""
+
+    name = "DEADLETTERS"
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def publish(self, subject: str, data: bytes, **_: Any) -> PubAck:
+        self.entered.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.release.wait()
+        return PubAck(self.name, 1)
+
+
+class _Conn:
+    def __init__(self, stream: _SwallowingStream) -> None:
+        self._stream = stream
+
+    async def stream(self, config: Any) -> _SwallowingStream:
+        return self._stream
+
+
+async def test_stop_returns_even_when_the_shipper_loses_its_cancellation() -> None:
+    stream = _SwallowingStream()
+    shipper = DeadLetterShipper(_Conn(stream), "n1", lambda: 0.0)  # type: ignore[arg-type]
+    await shipper.start()
+    shipper.offer(DeadLetter(Signal("greet.hello"), "timeout", "g1", "n1", 0.0))
+    await stream.entered.wait()
+    running = shipper._task
+    assert running is not None
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await asyncio.wait_for(shipper.stop(timeout=0.01), 5)
+    assert running.done()
+    assert loop.time() - began < 1.0
+    assert shipper.shipped == 1

@@ -26,6 +26,7 @@ from agentcluster.cluster.routing import (
     error_from_dict,
     node_inbox,
 )
+from agentcluster.core import codec
 from agentcluster.errors import (
     ActionFailed,
     AgentCrashed,
@@ -641,3 +642,20 @@ async def test_a_quick_call_is_acknowledged_by_its_result_and_a_slow_one_by_an_a
     assert b.router.stats.acks_sent == 1
     assert a.router.stats.retries == 0
     assert a.router.in_flight == 0
+
+
+async def test_a_call_cancelled_before_its_task_starts_frees_its_slot(world: World) -> None:
+    # A call and its cancel processed back to back (here: in one batch) cancel the call's
+    # task before its first step, so ``_run_call``'s own clean-up never runs; the slot must
+    # be freed anyway, or enough of them refuse every call with "too many calls running".
+    b = await world.add("b")
+    await world.place(b, Sink, "s1")
+    raw = await world.hub.connect("raw")
+    signal = Signal("test.slow", {"seconds": 20.0}, deadline=now() + 30)
+    call = wire.signal_frame(wire.Kind.CALL, "s1", codec.encode(signal, now()))
+    batch = b"[" + call + b"," + wire.cancel_frame(signal.id, "s1") + b"]"
+    await raw.publish(node_inbox("b"), batch, reply="raw.replies")
+    await eventually(lambda: b.router.stats.batches_received == 1)
+    await asyncio.sleep(0.1)
+    assert b.router.remote_calls == 0
+    assert ("started", "s1") not in EVENTS

@@ -19,7 +19,11 @@ every new owner does the same five steps in the same order —
 5. mark the entry ``running`` by compare-and-set at the revision seen in step 1.
 
 An error in any step marks the entry ``failed`` with its reason (except ``AgentFenced``:
-someone newer owns the agent, and nothing is written).
+someone newer owns the agent, and nothing is written). A retryable error — the store did
+not answer, as while a stream elects its leader — is not the agent's failure: the whole
+activation is tried again from step 2 while the entry still names this node and
+incarnation, for up to the activation timeout, and if the store stays silent that long the
+entry is left ``starting`` for the leader to plan again.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from agentcluster.cluster.control import load_agent_class
 from agentcluster.cluster.keeper import AgentKeeper
+from agentcluster.cluster.retrying import retry_for
+from agentcluster.core.failover import ACTIVATION_TIMEOUT
 from agentcluster.core.inbox_position import DeadLetter, InboxPosition, Run, Skip, replay_plan
 from agentcluster.core.registry import AgentEntry, AgentMode, AgentStatus
 from agentcluster.core.signal import Signal
@@ -71,12 +77,19 @@ async def activate(node: ClusterNode, entry: AgentEntry, revision: int) -> Agent
     returns the entry as written ``running``. Raises what failed, after marking it."""
     registry = node._registry()
     try:
-        return await _activate(node, entry, revision)
+        return await retry_for(
+            lambda: _attempt(node, entry, revision),
+            retry_on=lambda error: _transient(error) and _still_assigned(node, entry),
+            within=ACTIVATION_TIMEOUT,
+        )
     except AgentFenced:
         await _drop_local(node, entry.id, "fenced")
         raise
     except Exception as error:
         await _drop_local(node, entry.id, "activation_failed")
+        if _transient(error):
+            _log.warning("activation of %r left starting: %s", entry.id, error)
+            raise
         reason = error.reason if isinstance(error, AgentClusterError) else "activation_failed"
         detail = f"{reason}: {type(error).__name__}: {error}"
         held = registry.revision_of(entry.id)
@@ -94,6 +107,34 @@ async def activate(node: ClusterNode, entry: AgentEntry, revision: int) -> Agent
             {"count": 1},
             {"agent_id": entry.id, "node_id": node.node_id, "error": detail},
         )
+        raise
+
+
+def _transient(error: Exception) -> bool:
+    return (
+        isinstance(error, AgentClusterError)
+        and error.retryable
+        and not isinstance(error, AgentFenced)
+    )
+
+
+def _still_assigned(node: ClusterNode, entry: AgentEntry) -> bool:
+    current = node._registry().lookup(entry.id)
+    return (
+        not node.stopped
+        and current is not None
+        and current.node == node.node_id
+        and current.incarnation == entry.incarnation
+    )
+
+
+async def _attempt(node: ClusterNode, entry: AgentEntry, revision: int) -> AgentEntry:
+    """One try of the five steps; a transient failure leaves nothing running here."""
+    try:
+        return await _activate(node, entry, revision)
+    except Exception as error:
+        if _transient(error):
+            await _drop_local(node, entry.id, "activation_retried")
         raise
 
 

@@ -142,11 +142,22 @@ async def ensure_buckets(
     errors are retried with a growing pause for up to ``ready_within`` seconds; the last
     one is raised after that.
     """
-    handles = [await conn.key_value(config) for config in bucket_configs(replicas, storage)]
+
+    def not_ready(error: Exception) -> bool:
+        return isinstance(error, NoResponders | RequestTimeout)
+
+    # Creating is idempotent (an existing bucket is bound), so a create that timed out —
+    # several nodes creating replicated buckets at once on a busy cluster — is repeated.
+    handles = [
+        await retry_for(
+            functools.partial(conn.key_value, config), retry_on=not_ready, within=ready_within
+        )
+        for config in bucket_configs(replicas, storage)
+    ]
     for kv in handles:
         await retry_for(
             functools.partial(kv.get, _PROBE_KEY, timeout=2.0),
-            retry_on=lambda error: isinstance(error, NoResponders | RequestTimeout),
+            retry_on=not_ready,
             within=ready_within,
         )
     return Buckets(*handles)

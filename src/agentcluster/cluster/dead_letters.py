@@ -120,6 +120,7 @@ class DeadLetterShipper:
         self._drained = asyncio.Event()
         self._stream: Stream | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.shipped = 0
         self.unshipped = 0
 
@@ -153,7 +154,12 @@ class DeadLetterShipper:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._drained.wait()
+        # The flag and the wake end the loop even when the cancellation is lost: on
+        # Python 3.11, ``asyncio.wait_for`` (under nats-py's request) swallows a cancel
+        # that arrives as its reply does, and the loop would wait on ``_wake`` for ever.
+        self._stopping = True
         task.cancel()
+        self._wake.set()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         self.unshipped += len(self._queue)
@@ -162,7 +168,7 @@ class DeadLetterShipper:
     async def _run(self) -> None:
         stream = self._stream
         assert stream is not None
-        while True:
+        while not self._stopping:
             if not self._queue:
                 self._drained.set()
                 self._wake.clear()

@@ -53,6 +53,12 @@ __all__ = ["FailoverConfig", "FailoverManager"]
 
 _log = logging.getLogger("agentcluster.cluster.failover")
 
+_UNWRITTEN = "unwritten"
+"""A decision that was never written (the store did not answer, or the reservation for a
+move was refused): a move planned but not made is taken back from the agent's failover
+history, so a store outage (a stream leader election) cannot use up the failover limit of
+an agent that has not moved once. A move that lost its compare-and-set still counts."""
+
 
 @dataclass(frozen=True, slots=True)
 class FailoverConfig:
@@ -186,7 +192,11 @@ class FailoverManager:
 
         outcomes = await asyncio.gather(*(run(d) for d in decisions))
         counts = {"moved": 0, "unavailable": 0, "failed": 0, "lost": 0}
-        for outcome in outcomes:
+        for decision, outcome in zip(decisions, outcomes, strict=True):
+            if outcome == _UNWRITTEN:
+                outcome = None
+                if isinstance(decision, MoveTo):
+                    self._take_back(decision.agent_id, started)
             counts[outcome or "lost"] += 1
         self.passes += 1
         self.moved += counts["moved"]
@@ -210,6 +220,14 @@ class FailoverManager:
             )
         return plan.next_deadline, plan.remaining > 0
 
+    def _take_back(self, agent_id: str, planned_at: float) -> None:
+        earlier = self._history.get(agent_id, ())
+        if earlier and earlier[-1] == planned_at:
+            history = {**self._history, agent_id: earlier[:-1]}
+            if not earlier[:-1]:
+                del history[agent_id]
+            self._history = history
+
     async def _carry_out(self, decision: Decision) -> str | None:
         node = self._node
         registry = node._registry()
@@ -220,7 +238,7 @@ class FailoverManager:
         outcome: str
         if isinstance(decision, MoveTo):
             if decision.resources and not await self._reserve(decision):
-                return None
+                return _UNWRITTEN
             changed = replace(
                 entry,
                 node=decision.node,
@@ -247,7 +265,7 @@ class FailoverManager:
             return None
         except AgentClusterError as error:
             _log.info("failover decision for %r not written: %s", decision.agent_id, error)
-            return None
+            return _UNWRITTEN
         if isinstance(decision, MarkFailed) and decision.alert:
             self._alert(decision)
         return outcome

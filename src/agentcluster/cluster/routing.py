@@ -719,7 +719,9 @@ class Router:
             elif type(frame) is wire.ResultFrame:
                 self._on_result(frame)
             elif type(frame) is wire.CancelFrame:
-                task = self._calls.get((frame.id, frame.to))
+                # Popped here: a task cancelled before its first step never runs
+                # ``_run_call``'s ``finally``, and would hold its slot for good.
+                task = self._calls.pop((frame.id, frame.to), None)
                 if task is not None:
                     task.cancel()
         if self._durable:

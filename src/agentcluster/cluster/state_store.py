@@ -12,8 +12,12 @@ never names a missing object (``core.snapshots.storage_plan``). The object a poi
 replaced is deleted once the new value committed (best effort: an object left behind by a
 crash between the two writes is harmless and named by its own hash).
 
-A write whose reply timed out may have landed: the key is read back, and our own
-envelope there (same incarnation and write number) means it did.
+A write whose reply timed out may have landed: the key is read back. Our own value there
+means it did; the key still at the revision the write expected means it did not (yet), and
+the same compare-and-set is repeated — never answered "fenced", which would stop an agent
+that nobody replaced. A write whose outcome stayed unknown is remembered: if it lands late,
+the next write loses its compare-and-set to it, finds it at the key, and is repeated at its
+revision. Only a value that is not ours means another writer: ``AgentFenced``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ SNAPSHOT_OBJECTS = "snapshots"
 
 _READBACK_ATTEMPTS = 5
 
+_UNRESOLVED_LIMIT = 16
+"""Values of one agent's writes whose outcome stayed unknown, remembered until one commits."""
+
 
 def state_key(agent_id: str) -> str:
     return encode_token(agent_id)
@@ -79,6 +86,8 @@ class StateStore:
         self.kv_limit = kv_limit
         self._timeout = timeout
         self.objects_written = 0
+        self._unresolved: dict[str, tuple[int, list[bytes]]] = {}
+        """Per agent: the incarnation and the values of its writes of unknown outcome."""
 
     async def read(self, agent_id: str) -> Stored:
         """The stored snapshot; ``RestoreFailed`` when it cannot be decoded or its object
@@ -139,30 +148,56 @@ class StateStore:
             value = plan.to_bytes()
         else:
             assert isinstance(plan, Inline)
-        key = state_key(agent_id)
-        try:
-            if revision is None:
-                written = await self._kv.create(key, value, timeout=self._timeout)
-            else:
-                written = await self._kv.update(key, value, revision, timeout=self._timeout)
-        except (RevisionMismatch, KeyExists):
-            raise self._fenced(agent_id, envelope) from None
-        except RequestTimeout:
-            written = await self._read_back(agent_id, value, envelope)
+        written = await self._compare_and_set(agent_id, envelope, value, revision)
         if replaces is not None and (pointer is None or pointer != replaces):
             await self._drop_object(replaces)
         return written, pointer
 
-    async def _read_back(self, agent_id: str, value: bytes, envelope: SnapshotEnvelope) -> int:
-        """A timed-out write: our exact value at the key means it landed."""
+    async def _compare_and_set(
+        self, agent_id: str, envelope: SnapshotEnvelope, value: bytes, revision: int | None
+    ) -> int:
+        """Write ``value`` at ``revision`` until the outcome is definite (module docstring)."""
+        key = state_key(agent_id)
+        incarnation = envelope.agent_incarnation
+        held = self._unresolved.get(agent_id)
+        unresolved = held[1] if held is not None and held[0] == incarnation else []
+        expected = revision
         for _ in range(_READBACK_ATTEMPTS):
             try:
-                entry = await self._kv.get(state_key(agent_id), timeout=self._timeout)
+                if expected is None:
+                    written = await self._kv.create(key, value, timeout=self._timeout)
+                else:
+                    written = await self._kv.update(key, value, expected, timeout=self._timeout)
+            except (RevisionMismatch, KeyExists):
+                found = await self._kv.get(key, timeout=self._timeout)
+                if found is None or found.value not in unresolved:
+                    self._unresolved.pop(agent_id, None)
+                    raise self._fenced(agent_id, envelope) from None
+                if found.value != value:
+                    expected = found.revision  # an earlier write of ours, landed late
+                    continue
+                written = found.revision  # this very write, repeated after a timeout
             except RequestTimeout:
-                continue
-            if entry is not None and entry.value == value:
-                return entry.revision
-            raise self._fenced(agent_id, envelope)
+                if value not in unresolved:
+                    unresolved.append(value)
+                    del unresolved[:-_UNRESOLVED_LIMIT]
+                    self._unresolved[agent_id] = (incarnation, unresolved)
+                try:
+                    found = await self._kv.get(key, timeout=self._timeout)
+                except RequestTimeout:
+                    continue
+                if found is not None and found.value == value:
+                    written = found.revision
+                elif (found.revision if found is not None else None) == expected or (
+                    found is not None and found.value in unresolved
+                ):
+                    expected = None if found is None else found.revision
+                    continue
+                else:
+                    self._unresolved.pop(agent_id, None)
+                    raise self._fenced(agent_id, envelope) from None
+            self._unresolved.pop(agent_id, None)
+            return written
         raise RequestTimeout(f"state of {agent_id!r}: the outcome of a write stayed unknown")
 
     def _fenced(self, agent_id: str, envelope: SnapshotEnvelope) -> AgentFenced:
