@@ -66,6 +66,21 @@ def test_zero_staleness_writes_after_every_change() -> None:
     assert s.due(1.0)
 
 
+def test_the_default_is_group_commit() -> None:
+    """A lone change is written at once; changes made during a write share the next one,
+    which is due as soon as that write commits."""
+    s = SnapshotScheduler()
+    s.changed(1.0)
+    assert s.due(1.0)
+    assert s.write_started(1.0) == 1
+    for at in (1.0001, 1.0002, 1.0003):
+        s.changed(at)
+        assert not s.due(at)
+    s.write_committed(1, 1.0004)
+    assert s.due(1.0004)
+    assert s.write_started(1.0004) == 4
+
+
 @pytest.mark.parametrize("bad", [-0.01, float("inf"), float("nan"), True, "0.05"])
 def test_invalid_staleness_is_refused(bad: Any) -> None:
     with pytest.raises(ConfigurationError):
@@ -169,7 +184,7 @@ def test_time_going_back_is_taken_as_the_latest_seen() -> None:
 
 
 def test_forced_write_with_nothing_uncommitted() -> None:
-    s = SnapshotScheduler(version=7)
+    s = SnapshotScheduler(0.05, version=7)
     assert s.committed_version == 7
     assert s.covers(7)
     assert s.write_started(0.0) == 7

@@ -632,3 +632,28 @@ async def test_a_subscription_is_in_effect_once_flush_returns(
             assert reply.data == b"here"
     finally:
         await requester.close()
+
+
+async def test_no_responders_notices_never_reach_a_subscription(conn: Connection) -> None:
+    """nats-server answers a publish to a subject nobody subscribes to with an empty 503
+    status message on its reply subject; a subscription on that subject must not take it
+    for a message (a router's reply inbox would try to decode it)."""
+    from agentcluster.transport.nats.connection import NatsConnection
+
+    assert isinstance(conn, NatsConnection)
+    inbox = unique("replies")
+    seen: list[Message] = []
+
+    async def take(msg: Message) -> None:
+        seen.append(msg)
+
+    sub = await conn.subscribe(inbox, take)
+    await conn.flush()
+    before = conn.no_responder_notices
+    await conn.publish(unique("nobody"), b"hello", reply=inbox)
+    await conn.publish(inbox, b"real")  # after the notice, on the same connection
+    await conn.flush()
+    await eventually(lambda: len(seen) >= 1, timeout=3)
+    assert [m.data for m in seen] == [b"real"]
+    assert conn.no_responder_notices == before + 1
+    await sub.unsubscribe()

@@ -8,8 +8,9 @@ numbers the change in ``core.snapshots.SnapshotScheduler`` when the item changed
 (state, skills, schedules, staged effects, a durable inbox sequence), moves the staged
 effects into the outbox under that version, and wakes the writer.
 
-- **The writer** is one task. It writes when the scheduler says a write is due (at once
-  when idle; under load every ``max_staleness``, coalescing), as a compare-and-set on the
+- **The writer** is one task. It writes when the scheduler says a write is due (group
+  commit: at once when no write is in flight, so the changes made during one write share
+  the next; ``max_staleness`` may delay writes further), as a compare-and-set on the
   revision of its own previous write (``StateStore``). Once a write commits, the outbox
   entries it covers are released — signals are sent with their final ids, replies settle
   their callers — and a durable agent's subject is purged below the new floor. A signal
@@ -51,6 +52,7 @@ from agentcluster.core.inbox_position import InboxGapTooLarge, InboxPosition
 from agentcluster.core.registry import AgentMode
 from agentcluster.core.signal import Signal
 from agentcluster.core.snapshots import (
+    DEFAULT_MAX_STALENESS,
     ObjectPointer,
     Outbox,
     OutboxEntry,
@@ -98,7 +100,7 @@ class KeeperDeps:
     dead_letter: Callable[[Signal, AgentClusterError], None]
     on_fenced: Callable[[str, AgentFenced], None]
     telemetry: Telemetry
-    max_staleness: float = 0.05
+    max_staleness: float = DEFAULT_MAX_STALENESS
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
@@ -266,10 +268,19 @@ class AgentKeeper:
     async def accept(self, signal: Signal) -> None:
         """Store ``signal`` in the inbox and hand it to the mailbox; returns once both are
         done (the sender may be acknowledged). Raises a retryable ``DeliveryError`` when
-        the agent cannot take it now."""
-        inbox = self._deps.inbox
+        the agent cannot take it now. ``admit``, ``store`` and ``hand_over`` are its three
+        steps, for a caller that stores many signals at once."""
+        stored = self.admit(signal)
+        seq, duplicate = await self.store(stored)
+        await self.hand_over(seq, duplicate, stored)
+
+    def admit(self, signal: Signal) -> Signal:
+        """The checks that need no store: returns the signal as it is stored (a stored
+        signal no longer has a deadline), or raises a retryable ``DeliveryError`` (not
+        running, lease unconfirmed, mailbox full) or ``InvalidSignal`` (a deadline past
+        the duplicate window)."""
         server = self.server
-        assert inbox is not None
+        assert self._deps.inbox is not None
         assert self.position is not None
         if not self.running or server is None or self.fenced is not None:
             raise AgentStarting(f"agent {self.agent_id!r} is starting", agent_id=self.agent_id)
@@ -286,8 +297,22 @@ class AgentKeeper:
                 f"{DUPLICATE_WINDOW:g} s (the inbox's duplicate window), not "
                 f"{signal.deadline - now:.0f} s: a later retry would be stored twice"
             )
-        stored = signal.evolve(deadline=None) if signal.deadline is not None else signal
-        seq, duplicate = await inbox.store(self.agent_id, stored, now)
+        return signal.evolve(deadline=None) if signal.deadline is not None else signal
+
+    async def store(self, stored: Signal) -> tuple[int, bool]:
+        """Store an admitted signal in the agent's subject: its stream sequence and whether
+        it was stored before under the same id. Stores issued one after another on the
+        node's connection get increasing sequences, whether or not each waited for the
+        one before."""
+        inbox = self._deps.inbox
+        assert inbox is not None
+        return await inbox.store(self.agent_id, stored, self._deps.clock.monotonic())
+
+    async def hand_over(self, seq: int, duplicate: bool, stored: Signal) -> None:
+        """Hand a stored signal to the mailbox, unless it is a retried store of one already
+        delivered; either way the sender may be acknowledged once this returns."""
+        if self.server is None or self.fenced is not None:
+            raise AgentStarting(f"agent {self.agent_id!r} is starting", agent_id=self.agent_id)
         if duplicate and (
             seq in self._seen or seq in self._outstanding or seq <= self.activation_floor
         ):

@@ -59,7 +59,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from agentcluster.agent.node import LocalNode
 from agentcluster.agent.server import AgentServer
@@ -97,6 +97,9 @@ from agentcluster.errors import (
 )
 from agentcluster.transport.interface import Connection, Message, Subscription
 from agentcluster.transport.names import encode_token
+
+if TYPE_CHECKING:
+    from agentcluster.cluster.keeper import AgentKeeper
 
 __all__ = [
     "CLUSTER_SUBJECT",
@@ -760,31 +763,62 @@ class Router:
             return None
         try:
             await keeper.accept(signal)
-        except DeliveryError as error:
-            return _refusal_of(signal.id, agent_id, error)
-        except InvalidSignal as error:
-            return Refusal(signal.id, agent_id, Reason.INVALID, False, str(error))
-        except TransportError as error:
-            return Refusal(signal.id, agent_id, Reason.OVERLOADED, True, str(error))
+        except _STORE_ERRORS as error:
+            return _store_refusal(signal.id, agent_id, error)
         return None
 
     async def _store_durable(self, items: list[tuple[str, Signal, str, str, float]]) -> None:
-        """Store a batch's sends to durable agents in order, then acknowledge them."""
+        """Store a batch's sends to durable agents, then acknowledge them.
+
+        The stores are issued together, in the batch's order, and their acknowledgements
+        awaited together: a batch costs one store round trip, not one per signal. The one
+        connection keeps their order, so each agent's inbox sequences follow the batch;
+        each stored signal is then handed to its mailbox in that order.
+        """
         by_reply: dict[str, tuple[list[tuple[str, str]], list[Refusal]]] = {}
-        for agent_id, signal, key, reply, now in items:
-            accepted, refused = by_reply.setdefault(reply, ([], []))
-            server = self._local_server(agent_id)
-            if server is None or server.keeper is None:
-                refused.append(self._where(agent_id, signal.id))
-                continue
-            refusal = await self._keeper_admits(server, Kind.SEND, agent_id, signal)
-            if refusal is not None:
-                self.stats.refused[refusal.reason] += 1
-                refused.append(refusal)
-                continue
-            self._accepted.accept(key, self._remember_until(signal, now), now)
-            self.stats.accepted += 1
-            accepted.append((signal.id, agent_id))
+        loop = asyncio.get_running_loop()
+        stores: list[
+            tuple[str, Signal, str, str, float, AgentKeeper, Signal, asyncio.Task[tuple[int, bool]]]
+        ] = []
+        try:
+            for agent_id, signal, key, reply, now in items:
+                refused = by_reply.setdefault(reply, ([], []))[1]
+                server = self._local_server(agent_id)
+                keeper = server.keeper if server is not None else None
+                refusal: Refusal | None = None
+                if keeper is None or not keeper.durable:
+                    refusal = self._where(agent_id, signal.id)
+                elif not keeper.running:
+                    refusal = _starting(signal.id, agent_id, self.node_id)
+                else:
+                    try:
+                        stored = keeper.admit(signal)
+                    except _STORE_ERRORS as error:
+                        refusal = _store_refusal(signal.id, agent_id, error)
+                if refusal is not None:
+                    self.stats.refused[refusal.reason] += 1
+                    refused.append(refusal)
+                    continue
+                assert keeper is not None
+                task = loop.create_task(keeper.store(stored))
+                stores.append((agent_id, signal, key, reply, now, keeper, stored, task))
+            for agent_id, signal, key, reply, now, keeper, stored, task in stores:
+                accepted, refused = by_reply[reply]
+                try:
+                    seq, duplicate = await task
+                    await keeper.hand_over(seq, duplicate, stored)
+                except _STORE_ERRORS as error:
+                    refusal = _store_refusal(signal.id, agent_id, error)
+                    self.stats.refused[refusal.reason] += 1
+                    refused.append(refusal)
+                    continue
+                self._accepted.accept(key, self._remember_until(signal, now), now)
+                self.stats.accepted += 1
+                accepted.append((signal.id, agent_id))
+        finally:
+            for *_, task in stores:
+                if not task.done():
+                    task.cancel()
         for reply, (accepted, refused) in by_reply.items():
             if reply and not self._stopped:
                 ack = wire.ack_frame(self.node_id, self.incarnation, accepted, refused)
@@ -1001,6 +1035,21 @@ def _starting(signal_id: str, agent_id: str, node_id: str) -> Refusal:
     return Refusal(
         signal_id, agent_id, Reason.STARTING, True, f"agent {agent_id!r} is starting on {node_id!r}"
     )
+
+
+_STORE_ERRORS = (DeliveryError, InvalidSignal, TransportError)
+"""What admitting, storing or handing over a durable send may raise as a refusal."""
+
+
+def _store_refusal(signal_id: str, agent_id: str, error: Exception) -> Refusal:
+    """The refusal of a durable send that could not be stored or handed over: the agent's
+    own word (``DeliveryError``), a deadline past the duplicate window (not retryable), or
+    a store that did not answer (retryable)."""
+    if isinstance(error, DeliveryError):
+        return _refusal_of(signal_id, agent_id, error)
+    if isinstance(error, InvalidSignal):
+        return Refusal(signal_id, agent_id, Reason.INVALID, False, str(error))
+    return Refusal(signal_id, agent_id, Reason.OVERLOADED, True, str(error))
 
 
 def _refusal_of(signal_id: str, agent_id: str, error: DeliveryError) -> Refusal:

@@ -7,11 +7,15 @@ Theory of operation:
   numbers the change: the scheduler's ``latest_version``. A snapshot holds everything up to
   the version it was taken at; ``committed_version`` is the highest version whose snapshot
   the store acknowledged, and ``covers(v)`` says whether change ``v`` is durable.
-- **Coalescing.** ``SnapshotScheduler`` writes after each action, but under load many
-  actions share one write: a write becomes due once the oldest uncommitted change is
-  ``max_staleness`` old (0 = at once). At most one write is in flight; changes made while
-  it is in flight are covered by the next write. So the store sees at most one write per
-  ``max_staleness`` plus one write's duration, and a change waits at most that long.
+- **Coalescing** is group commit. ``SnapshotScheduler`` writes after each action, and at
+  most one write is in flight: the changes made while it is in flight are all covered by
+  the next write, which starts as soon as it commits. An idle agent's change is written at
+  once (a lone action's reply waits one write), and a busy agent writes once per store
+  round trip however many actions it runs. ``max_staleness`` (default 0) delays each write
+  until the oldest uncommitted change is that old, so that more changes share it: fewer
+  writes under load, at the price of that much latency on every reply. The store sees at
+  most one write per agent per ``max(max_staleness, one write's duration)``, and a change
+  waits at most ``max_staleness`` plus one write's duration for its write to start.
 - **Failures.** A failed write leaves its changes uncommitted; the next write (of the then
   latest version) waits a backoff of 10 ms doubling up to 1 s, reset by a commit. A fenced
   write (compare-and-set lost to a newer owner) is not a failure to retry: the shell stops
@@ -73,8 +77,9 @@ __all__ = [
     "storage_plan",
 ]
 
-DEFAULT_MAX_STALENESS = 0.05
-"""Seconds the oldest uncommitted change may wait for its snapshot write to start."""
+DEFAULT_MAX_STALENESS = 0.0
+"""Seconds the oldest uncommitted change waits before its snapshot write may start: 0 is
+group commit (at once when no write is in flight)."""
 RETRY_INITIAL = 0.01
 """Wait before retrying after the first failed write; doubles on each further failure."""
 RETRY_MAX = 1.0

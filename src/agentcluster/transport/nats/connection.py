@@ -11,6 +11,10 @@ exception nats-py raises is translated in ``translate``; nothing of nats-py leak
 nats-py reports asynchronous trouble through callbacks: they become ``ConnectionEvent``s for
 listeners, and a slow-consumer report (which names the subscription id) counts a dropped
 message on that subscription, or invalidates the key-value watch it belongs to.
+nats-server answers a publish whose subject has no subscriber with an empty "503" status
+message on the publish's reply subject; a subscription never hands those on (counted in
+``no_responder_notices``): to a reply inbox they are no reply, and the memory backend sends
+none.
 """
 
 from __future__ import annotations
@@ -131,6 +135,8 @@ class NatsConnection:
         self._config = config
         self._nc = nc
         self._closed = False
+        self.no_responder_notices = 0
+        """The "no responders" notices that ``subscribe`` dropped (module docstring)."""
         self._listeners: list[EventListener] = []
         self._owners: dict[int, _SidOwner] = {}
         self._watchers: set[NatsWatcher] = set()
@@ -352,6 +358,13 @@ class NatsConnection:
             raise ConfigurationError(f"subscribe: pending_limit {pending_limit!r} must be >= 1")
 
         async def deliver(msg: Msg) -> None:
+            headers = msg.headers
+            if headers is not None and not msg.data and headers.get("Status") == "503":
+                # nats-server's "no responders" notice for a publish of ours whose
+                # subject nobody subscribes to, sent to the reply subject we gave: not a
+                # message (the memory backend sends none).
+                self.no_responder_notices += 1
+                return
             message = _new(Message)
             _set_subject(message, msg.subject)
             _set_data(message, msg.data)
