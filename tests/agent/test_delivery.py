@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from agentcluster import Action, Agent, Capability, LocalNode, Signal
+from agentcluster.agent.server import PING
 from agentcluster.errors import (
     ActionTimeout,
     ActionValidationError,
@@ -97,6 +98,30 @@ def gated_agent(gate: asyncio.Event, started: list[int], done: list[int], size: 
 
 def hold(i: int) -> Signal:
     return Signal("hold.it", {"i": i})
+
+
+# --- the runtime's ping ----------------------------------------------------------------
+
+
+async def test_every_agent_answers_a_ping_from_its_mailbox_without_a_route():
+    gate = asyncio.Event()
+    started: list[int] = []
+    done: list[int] = []
+    async with LocalNode() as node:
+        await node.start_agent(gated_agent(gate, started, done), "g")
+        assert await node.call("g", Signal(PING), timeout=1) == {"agent_id": "g", "mailbox": 0}
+        # Behind a hung action the ping waits its turn: a stuck agent does not answer.
+        await node.cast("g", hold(1))
+        await eventually(lambda: started == [1])
+        with pytest.raises(CallTimeout):
+            await node.call("g", Signal(PING), timeout=0.2)
+        gate.set()
+        assert (await node.call("g", Signal(PING), timeout=1))["agent_id"] == "g"
+        # A cast ping is no error and no dead letter (the call that gave up is one).
+        letters = len(node.dead_letters)
+        await node.cast("g", Signal(PING))
+        assert await node.call("g", Signal(PING), timeout=1) == {"agent_id": "g", "mailbox": 0}
+        assert len(node.dead_letters) == letters
 
 
 # --- cast, send, call -----------------------------------------------------------------

@@ -216,6 +216,52 @@ async def test_an_anomaly_alerts_quarantines_is_avoided_and_is_released() -> Non
             detach(handler)
 
 
+_HANG = asyncio.Event()
+
+
+class Hang(Action):
+    """Wait for ``_HANG``: the agent's mailbox is stuck behind this action meanwhile."""
+
+    async def run(self, params: Any, ctx: Any) -> Any:
+        await _HANG.wait()
+        return None
+
+
+class Hanging(Agent):
+    routes = {"hang.now": Hang}
+
+
+async def test_deep_pings_user_agents_and_hung_ones_degrade_their_node() -> None:
+    """``deep`` pings a node's agents, user agents included (every agent answers the
+    runtime's ping from its mailbox): when the victim's user agents hang, the share that
+    answered drops below 1 there and nowhere else."""
+    _HANG.clear()
+    async with monitored(deep_sample=100) as world:
+        cluster = world.cluster
+        for i in range(3):
+            await cluster.start_agent(Hanging, f"h{i}", node=world.victim)
+            await cluster.cast(f"h{i}", Signal("hang.now"))
+
+        async def check() -> Any:
+            return await cluster.call(
+                system_agent_id(world.leader, HEALTH_MONITOR),
+                Signal("cluster.health_monitor.check"),
+                timeout=5,
+            )
+
+        try:
+            result = await check()
+            expected = dict.fromkeys(cluster.nodes, "healthy")
+            assert result["verdicts"] == {**expected, world.victim: "degraded"}
+            status = await world.status()
+            assert status["verdicts"][world.victim]["deep"] == "degraded"
+            assert status["verdicts"][world.leader]["deep"] == "healthy"
+        finally:
+            _HANG.set()
+        result = await check()
+        assert result["verdicts"] == dict.fromkeys(cluster.nodes, "healthy")
+
+
 async def test_check_now_runs_every_level_on_the_leader_only() -> None:
     async with monitored() as world:
         cluster = world.cluster

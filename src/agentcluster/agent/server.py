@@ -22,6 +22,12 @@ caller with ``ActionFailed`` and changes nothing, because directives are applied
 success. Exceptions listed in ``Agent.crash_on``, and failures of lifecycle hooks, crash
 the agent instead: its supervisor decides whether it restarts — with its last good state
 and its mailbox intact — or stops.
+
+Every agent answers a call of ``PING`` (``agentcluster.agent.ping``) itself, without a
+route: the reply comes from the serving task when it reaches the ping in the mailbox, so
+an agent whose mailbox is stuck behind a hung action does not answer. The health
+monitor's ``deep`` check pings a sample of each node's agents this way. A ping changes
+nothing, so a persistent agent's answer is not held for a snapshot.
 """
 
 from __future__ import annotations
@@ -72,7 +78,10 @@ if TYPE_CHECKING:
     from agentcluster.agent.node import LocalNode
     from agentcluster.agent.supervisor import Supervisor
 
-__all__ = ["AgentServer"]
+__all__ = ["PING", "AgentServer"]
+
+PING = "agentcluster.agent.ping"
+"""The signal type every agent answers by itself (module docstring)."""
 
 log = logging.getLogger("agentcluster.agent")
 
@@ -372,6 +381,10 @@ class AgentServer:
                     node_id=node.node_id,
                 ),
             )
+            return
+        if signal.type == PING:
+            if call is not None and not call.future.done():
+                call.future.set_result({"agent_id": self.id, "mailbox": len(self._mailbox or ())})
             return
         entries = self.agent.route(signal.type)
         if not entries:

@@ -13,8 +13,8 @@ Theory of operation:
   monitors never wait on each other's mailbox: when a level is due it reads ``basic`` from
   this node's phi detectors, asks every live node's monitor for ``comprehensive`` vitals
   (each request bounded by ``vitals_timeout``), pings a seeded sample of each node's
-  *system* agents for ``deep`` (user agents are not pinged: they declare no route for it,
-  and an unroutable signal would be dead-lettered), and hands ``predictive`` each node's
+  running agents, user and system alike, for ``deep`` (``agent.server.PING``, which every
+  agent answers from its mailbox without a route), and hands ``predictive`` each node's
   declared capacity. The observations come back into the mailbox as
   ``cluster.health_monitor.observed``; its action feeds the book and carries out what
   the book decided.
@@ -56,6 +56,7 @@ from pydantic import BaseModel, Field
 from agentcluster.agent.action import Action, NoParams
 from agentcluster.agent.context import Context
 from agentcluster.agent.sensor import Sensor, SensorHost
+from agentcluster.agent.server import PING
 from agentcluster.cluster.quarantine import QuarantineBook, quarantine_book
 from agentcluster.cluster.system_base import (
     SYSTEM_CAPABILITY,
@@ -137,7 +138,7 @@ class HealthMonitorConfig:
     """How a node's health monitor works (the module docstring says what each part does).
 
     ``vitals_timeout`` and ``ping_timeout`` bound each probe (the seed's comprehensive
-    check timeout is 30 s); ``deep_sample`` is how many system agents of a node are pinged;
+    check timeout is 30 s); ``deep_sample`` is how many agents of a node are pinged;
     ``concurrency`` bounds the probes in flight; ``poll`` is the longest the prober sleeps
     (how soon it notices it became leader); ``alerts_kept`` bounds the alert history.
     """
@@ -292,7 +293,7 @@ def _alive_nodes(node: ClusterNode, limit: int) -> dict[str, dict[str, float]]:
 
 
 def _ping_targets(node: ClusterNode, target: str) -> list[str]:
-    """The running system agents of ``target`` other than its health monitor."""
+    """The running agents of ``target`` other than its health monitor, in id order."""
     registry = node.registry
     if registry is None:
         return []
@@ -300,23 +301,9 @@ def _ping_targets(node: ClusterNode, target: str) -> list[str]:
     found = []
     for agent_id in registry.index.on_node(target):
         entry = registry.lookup(agent_id)
-        if (
-            entry is not None
-            and agent_id != own_monitor
-            and entry.status is AgentStatus.RUNNING
-            and SYSTEM_CAPABILITY in entry.capabilities
-            and _role(entry.capabilities) is not None
-        ):
+        if entry is not None and agent_id != own_monitor and entry.status is AgentStatus.RUNNING:
             found.append(agent_id)
-    return found
-
-
-def _role(capabilities: tuple[str, ...] | list[str]) -> str | None:
-    prefix = f"{SYSTEM_CAPABILITY}."
-    for capability in capabilities:
-        if capability.startswith(prefix):
-            return capability[len(prefix) :]
-    return None
+    return sorted(found)
 
 
 async def probe(service: HealthService, levels: tuple[CheckLevel, ...]) -> dict[str, Any]:
@@ -363,28 +350,19 @@ async def probe(service: HealthService, levels: tuple[CheckLevel, ...]) -> dict[
                 return None
             return _numbers(reply.get("metrics") if isinstance(reply, Mapping) else None)
 
-    async def ping(agent_id: str, role: str) -> bool:
+    async def ping(agent_id: str) -> bool:
         async with gate:
             if outbound is None:
                 return False
             try:
-                await outbound.call(
-                    agent_id, Signal(f"cluster.{role}.status"), timeout=config.ping_timeout
-                )
+                await outbound.call(agent_id, Signal(PING), timeout=config.ping_timeout)
             except AgentClusterError:
                 return False
             return True
 
     async def deep_of(target: str) -> list[int]:
         chosen = service.pick(_ping_targets(node, target), config.deep_sample)
-        registry = node.registry
-        pings = []
-        for agent_id in chosen:
-            entry = None if registry is None else registry.lookup(agent_id)
-            role = None if entry is None else _role(entry.capabilities)
-            if role is not None:
-                pings.append(ping(agent_id, role))
-        answers = await asyncio.gather(*pings)
+        answers = await asyncio.gather(*(ping(agent_id) for agent_id in chosen))
         return [sum(answers), len(answers)]
 
     order = sorted(nodes)
