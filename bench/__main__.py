@@ -339,21 +339,20 @@ FAILOVER_NOTES = """\
   snapshot holding the action committed, so `snapshot_cost_us` = critical p50 - plain p50
   is the persistence cost per action as a user sees it, divided by `raw_kv_put_p50_us`, a
   nats-py `kv.put` of the same bytes (`snapshot_bytes`, read from the agent's state key)
-  into the same `state` bucket. The default path waits for coalescing: a snapshot write
-  starts once the oldest uncommitted change is `max_staleness` old (50 ms by default, also
-  when the agent is idle), so a lone action's reply takes about 50 ms. `*_staleness0`: the
-  same agent started with `max_staleness=0` (write at once), i.e. the write itself.
+  into the same `state` bucket. Snapshots are written by group commit (`max_staleness=0`,
+  the default): a lone action's write starts at once, and the actions that run while a
+  write is in flight share the next one. `*_staleness50ms`: a counter started with
+  `max_staleness=0.05`, which delays each write until its oldest change is 50 ms old
+  (fewer writes under load; every reply waits that long).
 - `durable_send_ratio`: `cluster.send` to one durable counter on s1, `asyncio.gather`
   batches of {sends_batch} in flight (a send returns once the node stored the signal in
   the `INBOX` stream and handed it to the mailbox), over nats-py `js.publish` with a
   `Nats-Msg-Id` of a payload the size of the stored signal (`send_payload_bytes`) to a
   subject of the same `INBOX` stream, same batches. `durable_applied_per_s`: until the
   counter's total shows every send applied.
-- `client_undecodable_batches`: "undecodable batch" warnings of this process's router. A
-  router publishes its batches with its inbox as the reply subject; when nobody subscribes
-  to the destination (a dead node), nats-server answers with an empty 503 "no responders"
-  status message on that inbox, which the router tries to parse as a batch. Harmless to
-  the figures (the warnings are counted and kept off the console here) but noisy.
+- `client_undecodable_batches`: "undecodable batch" warnings of this process's router
+  (must be 0: nats-server's "no responders" notices, sent to a router's reply subject when
+  it publishes to a dead node, are dropped by the transport).
 - `node_lease_lapses` / `measuring_lease_lapses`: "lease lapsed" warnings of the survivor
   node processes and of this process (a loop starved of its renewals): must be 0.
 
@@ -363,16 +362,22 @@ Where the time goes (the steps above and the profiles below):
 - With a thousand, the leader's compare-and-sets (64 in flight) and then the activations
   (three round trips each: a read, the fencing write, the `running` write; all entries at
   once) follow the death declaration; the nodes mostly wait on the store.
-- A durable send costs one JetStream round trip of its own on the receiving node:
-  `Router._store_durable` awaits `AgentKeeper.accept` -> `DurableInbox.store` for each
-  signal of a batch in turn (one socket write per signal in the node's profile), so a
-  batch of sends is stored serially. Publishing a batch's stores together and awaiting
-  their acknowledgements (one connection keeps their order) would amortise the round trip
-  as the raw baseline does.
-- A critical agent's lone action waits `max_staleness` before its snapshot write starts
-  (`SnapshotScheduler.next_deadline` is the oldest change + `max_staleness`, idle or not),
-  which is the whole of `snapshot_cost_us` on the default path; the write itself costs
-  about a raw put (`*_staleness0`)."""
+- A durable send: the receiving node issues the stores of a whole batch together (one
+  connection keeps their order) and awaits their acknowledgements together, so a batch
+  costs one JetStream round trip. What is left on the node is per signal (its profile):
+  nats-py's publish and reply parsing for each store, decoding, running the action and
+  its snapshots; the raw baseline pays only the first, in a process that does nothing
+  else, and the path measured adds a hop (client -> node) whose sender pays an
+  acknowledgement wait per send. Tried and dropped: a multiplexed store (one reply
+  subscription and a timer per store instead of nats-py's `request` with its
+  `wait_for`): 56-60 k publishes/s either way in a same-run comparison; a lighter wait
+  than `asyncio.wait` for the sender's acknowledgement saves about 2 us of ~10 us. What
+  would close the gap: fewer Python-level steps per signal (decode once for store and
+  mailbox, a store that takes a batch of messages in one call), or a second process per
+  node for the inbox path.
+- A critical agent's action costs one snapshot write on top of the call when the agent is
+  idle (group commit); the write is a compare-and-set of a bigger value than the raw put's
+  plus the fence check and the outbox release."""
 
 
 def bench_failover(quick: bool) -> None:
