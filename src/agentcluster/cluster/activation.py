@@ -138,6 +138,16 @@ async def _attempt(node: ClusterNode, entry: AgentEntry, revision: int) -> Agent
         raise
 
 
+def _check_entry(node: ClusterNode, entry: AgentEntry) -> None:
+    """Abort (step 3) when the registry already names a newer incarnation: another node was
+    given the agent while this activation ran, and writing the fencing snapshot, releasing
+    the restored outbox or replaying the inbox would only be undone. The registry cache is
+    a hint; the compare-and-sets of the state key and of the entry decide."""
+    current = node._registry().lookup(entry.id)
+    if current is not None and current.incarnation > entry.incarnation:
+        raise AgentFenced(entry.id, entry.incarnation, current.incarnation)
+
+
 async def _activate(node: ClusterNode, entry: AgentEntry, revision: int) -> AgentEntry:
     spec = dict(entry.spec or {})
     cls: type[Agent] = load_agent_class(spec["class"])
@@ -154,6 +164,7 @@ async def _activate(node: ClusterNode, entry: AgentEntry, revision: int) -> Agen
         envelope = stored.envelope
         if envelope is not None and envelope.agent_incarnation > entry.incarnation:
             raise AgentFenced(entry.id, entry.incarnation, envelope.agent_incarnation)
+        _check_entry(node, entry)
         now = clock.monotonic()
         if envelope is not None:
             # Restore into a throwaway first: an unrestorable snapshot fails here, before
@@ -178,6 +189,7 @@ async def _activate(node: ClusterNode, entry: AgentEntry, revision: int) -> Agen
             plan = replay_plan(position, [seq for seq, _ in found], max_attempts)
             position = plan.position
             decisions = plan.decisions
+        _check_entry(node, entry)  # the walk may have taken a while
         fencing = SnapshotEnvelope(
             schema_version=snapshot["schema_version"],
             state=snapshot,

@@ -81,6 +81,9 @@ _log = logging.getLogger("agentcluster.cluster.keeper")
 _SEEN_LIMIT = 100_000
 """Sequences a keeper remembers having delivered (to tell a retried store from a lost one)."""
 
+_LEASE_POLL = 0.05
+"""Seconds between looks at the lease while a release waits for it."""
+
 _ACCEPT_WAIT = 5.0
 """Seconds ``accept`` waits for mailbox room for a signal already stored."""
 
@@ -273,6 +276,7 @@ class AgentKeeper:
         stored = self.admit(signal)
         seq, duplicate = await self.store(stored)
         await self.hand_over(seq, duplicate, stored)
+        self.acknowledge()
 
     def admit(self, signal: Signal) -> Signal:
         """The checks that need no store: returns the signal as it is stored (a stored
@@ -310,7 +314,8 @@ class AgentKeeper:
 
     async def hand_over(self, seq: int, duplicate: bool, stored: Signal) -> None:
         """Hand a stored signal to the mailbox, unless it is a retried store of one already
-        delivered; either way the sender may be acknowledged once this returns."""
+        delivered; the sender may be acknowledged once this returned and ``acknowledge``
+        passed."""
         if self.server is None or self.fenced is not None:
             raise AgentStarting(f"agent {self.agent_id!r} is starting", agent_id=self.agent_id)
         if duplicate and (
@@ -319,9 +324,19 @@ class AgentKeeper:
             # Stored before and delivered (or done before this owner began): the sender's
             # retry is acknowledged, not run again. A duplicate this owner never saw was
             # stored without being delivered (an earlier store's reply was lost): run it.
-            self._committed("inbox_ack")
             return
         await self.deliver(seq, stored, wait=_ACCEPT_WAIT)
+
+    def acknowledge(self) -> None:
+        """The fence of an inbox acknowledgement, called synchronously right before the
+        sender is told its signal is stored. An instance that was frozen or cut off past
+        its lease may have had a store land after the new owner walked the subject: it
+        must not acknowledge it (the sender retries, reaches the new owner, and the
+        stream's de-duplication hands that owner the stored copy)."""
+        if self.fenced is not None or not self._deps.fence_ok():
+            raise NodeUnavailable(
+                f"node {self._deps.node_id!r} cannot confirm its lease", agent_id=self.agent_id
+            )
         self._committed("inbox_ack")
 
     async def deliver(self, seq: int, signal: Signal, *, wait: float) -> None:
@@ -459,7 +474,10 @@ class AgentKeeper:
 
     def _release(self, version: int, envelope: SnapshotEnvelope) -> None:
         if not self._deps.fence_ok():
-            return  # the next committed write releases them, once the lease is confirmed
+            # Released once the lease is confirmed again (or by the new owner, from the
+            # committed snapshot, if this instance was replaced meanwhile).
+            self._spawn(self._release_later(version, envelope))
+            return
         if self._replies:
             still: list[tuple[int, asyncio.Future[Any], Any]] = []
             for held in self._replies:
@@ -481,6 +499,19 @@ class AgentKeeper:
                 self._purged_below = below - 1
                 self._spawn(self._purge(inbox, below))
 
+    async def _release_later(self, version: int, envelope: SnapshotEnvelope) -> None:
+        if await self._lease_back():
+            self._release(version, envelope)
+
+    async def _lease_back(self) -> bool:
+        """Wait until the node's lease is confirmed again; False once this instance was
+        fenced or stopped meanwhile (its effects are the new owner's to release)."""
+        while not self._deps.fence_ok():
+            if self.fenced is not None or self._stopped:
+                return False
+            await asyncio.sleep(_LEASE_POLL)
+        return self.fenced is None and not self._stopped
+
     def release_restored(self) -> None:
         """After the fencing write: release again every entry the restored snapshot held."""
         for entry in self.outbox.for_snapshot():
@@ -497,10 +528,21 @@ class AgentKeeper:
             self.outbox = self.outbox.released([entry.entry_id])
             return
         self._sending.add(entry.entry_id)
-        self._committed("emit")
         self._spawn(self._send_one(entry.entry_id, signal))
 
     async def _send_one(self, entry_id: str, signal: Signal) -> None:
+        # The fence, synchronously before the first transmission: the commit of an emitted
+        # signal. The router's retransmissions carry the same id, and receivers drop them
+        # as duplicates. Without a lease the entry waits in the outbox (the new owner
+        # releases it from its snapshot if this instance is replaced meanwhile).
+        if (
+            self.fenced is not None
+            or self._stopped
+            or (not self._deps.fence_ok() and not await self._lease_back())
+        ):
+            self._sending.discard(entry_id)
+            return
+        self._committed("emit")
         try:
             await self._deps.send(signal)
         except AgentClusterError as error:

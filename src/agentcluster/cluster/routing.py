@@ -780,6 +780,7 @@ class Router:
         stores: list[
             tuple[str, Signal, str, str, float, AgentKeeper, Signal, asyncio.Task[tuple[int, bool]]]
         ] = []
+        handed: list[tuple[str, Signal, str, str, float, AgentKeeper]] = []
         try:
             for agent_id, signal, key, reply, now in items:
                 refused = by_reply.setdefault(reply, ([], []))[1]
@@ -803,22 +804,32 @@ class Router:
                 task = loop.create_task(keeper.store(stored))
                 stores.append((agent_id, signal, key, reply, now, keeper, stored, task))
             for agent_id, signal, key, reply, now, keeper, stored, task in stores:
-                accepted, refused = by_reply[reply]
                 try:
                     seq, duplicate = await task
                     await keeper.hand_over(seq, duplicate, stored)
                 except _STORE_ERRORS as error:
                     refusal = _store_refusal(signal.id, agent_id, error)
                     self.stats.refused[refusal.reason] += 1
-                    refused.append(refusal)
+                    by_reply[reply][1].append(refusal)
                     continue
-                self._accepted.accept(key, self._remember_until(signal, now), now)
-                self.stats.accepted += 1
-                accepted.append((signal.id, agent_id))
+                handed.append((agent_id, signal, key, reply, now, keeper))
         finally:
             for *_, task in stores:
                 if not task.done():
                     task.cancel()
+        # From the fence checks to the acknowledgements, nothing awaits.
+        for agent_id, signal, key, reply, now, keeper in handed:
+            accepted, refused = by_reply[reply]
+            try:
+                keeper.acknowledge()
+            except DeliveryError as error:
+                refusal = _store_refusal(signal.id, agent_id, error)
+                self.stats.refused[refusal.reason] += 1
+                refused.append(refusal)
+                continue
+            self._accepted.accept(key, self._remember_until(signal, now), now)
+            self.stats.accepted += 1
+            accepted.append((signal.id, agent_id))
         for reply, (accepted, refused) in by_reply.items():
             if reply and not self._stopped:
                 ack = wire.ack_frame(self.node_id, self.incarnation, accepted, refused)

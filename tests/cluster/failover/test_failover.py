@@ -32,7 +32,7 @@ from agentcluster.examples.durable_counter import Counter
 from agentcluster.sim import VirtualClock
 from agentcluster.sim.invariants import CommitLog
 from agentcluster.telemetry import telemetry
-from agentcluster.testing.waiting import eventually
+from agentcluster.testing.waiting import eventually, stays
 
 
 @asynccontextmanager
@@ -401,6 +401,107 @@ async def test_a_cut_off_minority_pauses_commits_nothing_and_heals_cleanly() -> 
         assert [c for c in log.of("c") if c.node_id == "n3"] == cut_commits
         assert await total(cluster, "c") == 5
         assert len(instances(cluster, "c")) == 1
+
+
+async def test_a_store_whose_lease_lapsed_on_the_way_is_not_acknowledged() -> None:
+    """The fence of an inbox acknowledgement: the node's lease lapses while its store of a
+    durable send is on the wire (a freeze, a cut). The store lands, but the sender is
+    refused (retryable) rather than acknowledged; once the lease is back, the sender's
+    retry of the same id is acknowledged without running the signal twice."""
+    async with cluster_of(3) as (cluster, log):
+        await cluster.start_agent(Counter, "d", node="n3", mode="durable")
+        await cluster.send("d", Signal("count.add", {"n": 1}))
+        n3 = cluster.node("n3")
+        keeper = n3.keepers["d"]
+        lease = keeper._deps.fence_ok
+        lapsed: list[int] = []
+        real_store = keeper.store
+
+        async def store_then_lapse(stored: Signal) -> tuple[int, bool]:
+            found = await real_store(stored)
+            if not lapsed:
+                lapsed.append(found[0])
+                keeper._deps.fence_ok = lambda: False
+                asyncio.get_running_loop().call_later(0.3, setattr, keeper._deps, "fence_ok", lease)
+            return found
+
+        keeper.store = store_then_lapse  # type: ignore[method-assign]
+        router = cluster.node("n1").router
+        assert router is not None
+        retries = router.stats.retries
+        acks = len([c for c in log.of("d") if c.kind == "inbox_ack"])
+        await cluster.send("d", Signal("count.add", {"n": 1}), timeout=10)
+        assert lapsed  # the store landed while the lease lapsed ...
+        assert router.stats.retries > retries  # ... and the first answer was a refusal
+        assert len([c for c in log.of("d") if c.kind == "inbox_ack"]) == acks + 1
+        await eventually(lambda: n3.local.state("d").total == 2, timeout=5)
+        assert await total(cluster, "d") == 2
+
+
+async def test_an_emitted_signal_waits_for_the_lease_before_it_leaves() -> None:
+    """The fence of an emitted signal: the lease lapses between the snapshot's commit and
+    the release of the signal it holds. Nothing leaves while it is lapsed; once the lease
+    is confirmed again, the signal goes, once."""
+    async with cluster_of(3) as (cluster, log):
+        await cluster.start_agent(Counter, "b", node="n2", mode="durable")
+        await cluster.start_agent(Counter, "a", node="n3", mode="durable", state={"forward": "b"})
+        await cluster.send("a", Signal("count.add", {"n": 1}))
+        await eventually(lambda: cluster.node("n2").local.state("b").total == 1, timeout=5)
+        keeper = cluster.node("n3").keepers["a"]
+        lease = keeper._deps.fence_ok
+        store = keeper._deps.store
+        real_write = store.write
+        lapsed: list[float] = []
+
+        async def write_then_lapse(*args: Any, **kwargs: Any) -> Any:
+            written = await real_write(*args, **kwargs)
+            if not lapsed and args[0] == "a":
+                loop = asyncio.get_running_loop()
+                lapsed.append(loop.time())
+                keeper._deps.fence_ok = lambda: False
+                loop.call_later(0.5, setattr, keeper._deps, "fence_ok", lease)
+            return written
+
+        store.write = write_then_lapse  # type: ignore[method-assign]
+        emits = len([c for c in log.of("a") if c.kind == "emit"])
+        await cluster.send("a", Signal("count.add", {"n": 1}))
+        await eventually(lambda: bool(lapsed), timeout=5)
+        await stays(lambda: cluster.node("n2").local.state("b").total, 0.4)
+        assert len([c for c in log.of("a") if c.kind == "emit"]) == emits
+        await eventually(lambda: cluster.node("n2").local.state("b").total == 2, timeout=5)
+        assert len([c for c in log.of("a") if c.kind == "emit"]) == emits + 1
+        assert await total(cluster, "b") == 2
+
+
+async def test_an_activation_overtaken_by_a_newer_assignment_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Step 3 of the activation path aborts when the entry shows a higher incarnation,
+    before the fencing write: an activation at incarnation 2 on n2, while the registry
+    already gave the agent to another node at incarnation 3."""
+    from dataclasses import replace
+
+    from agentcluster.cluster.activation import activate
+    from agentcluster.errors import AgentFenced
+
+    async with cluster_of(3) as (cluster, log):
+        entry = await cluster.start_agent(Counter, "c", node="n3", mode="critical")
+        await cluster.call("c", Signal("count.add", {"n": 2}))
+        n2 = cluster.node("n2")
+        registry = n2._registry()
+        newer = replace(entry, node="n1", incarnation=entry.incarnation + 2)
+        real_lookup = registry.lookup
+        monkeypatch.setattr(
+            registry, "lookup", lambda agent_id: newer if agent_id == "c" else real_lookup(agent_id)
+        )
+        stale = replace(entry, node="n2", incarnation=entry.incarnation + 1)
+        before = len(log.of("c"))
+        with pytest.raises(AgentFenced):
+            await activate(n2, stale, 0)
+        assert len(log.of("c")) == before  # no fencing write, no release, no replay
+        assert n2.local.lookup("c") is None
+        monkeypatch.undo()
+        assert await total(cluster, "c") == 2
 
 
 async def test_a_store_stall_during_failover_delays_it_and_kills_nobody() -> None:
