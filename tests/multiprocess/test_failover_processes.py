@@ -6,8 +6,8 @@ time, each retried under its own id until acknowledged, and a fault hits mid-str
 
 - ``kill -9`` of the node process hosting ``a``, or of the one hosting ``b``;
 - on a 3-server NATS cluster (replicas 3): ``kill -9`` of the server leading the ``INBOX``
-  stream, of the one leading ``KV_nodes``, and of the ``INBOX`` leader together with the
-  node process hosting ``a``;
+  stream, of the one leading ``KV_nodes``, and of each of them together with the node
+  process hosting ``a``;
 - SIGSTOP of the node process hosting every counter for longer than ``F + m``, until they
   have failed over, then SIGCONT: the thawed process must commit nothing more.
 
@@ -339,8 +339,8 @@ async def test_kill_9_of_a_counters_node_keeps_the_counts_exact(
 
 @pytest.mark.parametrize(
     ("stream", "with_a"),
-    [("INBOX", False), ("KV_nodes", False), ("INBOX", True)],
-    ids=["inbox-leader", "nodes-leader", "inbox-leader-and-a"],
+    [("INBOX", False), ("KV_nodes", False), ("INBOX", True), ("KV_nodes", True)],
+    ids=["inbox-leader", "nodes-leader", "inbox-leader-and-a", "nodes-leader-and-a"],
 )
 async def test_kill_9_of_a_stream_leader_keeps_the_counts_exact(
     nats_cluster: NatsCluster, nodes: Nodes, stream: str, with_a: bool
