@@ -210,6 +210,11 @@ class AgentServer:
         return len(mailbox) if mailbox is not None else 0
 
     @property
+    def settled(self) -> bool:
+        """Nothing in the mailbox and nothing running: what a hand-off waits for."""
+        return not self._mailbox and not self._pending and self._current is None
+
+    @property
     def alive(self) -> bool:
         return self.status in (_STATUS_IDLE, _STATUS_RUNNING)
 

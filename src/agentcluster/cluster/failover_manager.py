@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from agentcluster.cluster.buckets import stop_task
+from agentcluster.cluster.moves import release_move, reserve_move
 from agentcluster.cluster.placement import Placer
 from agentcluster.core.failover import (
     ACTIVATION_TIMEOUT,
@@ -43,8 +44,7 @@ from agentcluster.core.failover import (
     plan_failover,
 )
 from agentcluster.core.registry import AgentStatus
-from agentcluster.core.reservations import Reservation
-from agentcluster.errors import AgentClusterError, NoAvailableNode, RevisionMismatch
+from agentcluster.errors import AgentClusterError, RevisionMismatch
 
 if TYPE_CHECKING:
     from agentcluster.cluster.node import ClusterNode
@@ -237,7 +237,7 @@ class FailoverManager:
         stamp = node._stamp()
         outcome: str
         if isinstance(decision, MoveTo):
-            if decision.resources and not await self._reserve(decision):
+            if decision.resources and not await reserve_move(self._node, decision):
                 return _UNWRITTEN
             changed = replace(
                 entry,
@@ -261,7 +261,7 @@ class FailoverManager:
             await registry.write_at(changed, decision.revision)
         except RevisionMismatch:
             if isinstance(decision, MoveTo) and decision.resources:
-                await self._unreserve(decision)
+                await release_move(self._node, decision)
             return None
         except AgentClusterError as error:
             _log.info("failover decision for %r not written: %s", decision.agent_id, error)
@@ -269,32 +269,6 @@ class FailoverManager:
         if isinstance(decision, MarkFailed) and decision.alert:
             self._alert(decision)
         return outcome
-
-    async def _reserve(self, move: MoveTo) -> bool:
-        node = self._node
-        reservations = node.reservations
-        record = node.members().get(move.node)
-        if reservations is None or record is None:
-            return False
-        try:
-            await reservations.reserve(
-                move.node,
-                record.capacity,
-                Reservation(move.agent_id, move.agent_incarnation, dict(move.resources)),
-            )
-        except NoAvailableNode:
-            return False
-        except AgentClusterError as error:
-            _log.info("reservation for %r on %r failed: %s", move.agent_id, move.node, error)
-            return False
-        return True
-
-    async def _unreserve(self, move: MoveTo) -> None:
-        reservations = self._node.reservations
-        if reservations is None:
-            return
-        with contextlib.suppress(AgentClusterError):
-            await reservations.release(move.node, [(move.agent_id, move.agent_incarnation)])
 
     def _alert(self, decision: MarkFailed) -> None:
         node = self._node

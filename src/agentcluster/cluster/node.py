@@ -45,6 +45,7 @@ from agentcluster.cluster.control import (
     spec_of,
 )
 from agentcluster.cluster.dead_letters import DeadLetterShipper
+from agentcluster.cluster.drain import Drainer
 from agentcluster.cluster.failover_manager import FailoverConfig, FailoverManager
 from agentcluster.cluster.health_monitor import HealthMonitorConfig
 from agentcluster.cluster.inbox import DurableInbox
@@ -180,6 +181,8 @@ class ClusterNode:
         self.keepers: dict[str, AgentKeeper] = {}
         """The keepers of the persistent agents running here, by id."""
         self.failover: FailoverManager | None = None
+        self.drainer: Drainer | None = None
+        """Hands this node's persistent agents off while its quarantine asks for a drain."""
         self._activating: set[str] = set()
         self._keeper_tasks: set[asyncio.Task[Any]] = set()
         self._connections: list[Connection] = []
@@ -279,6 +282,8 @@ class ClusterNode:
                 self, self._failover_config, suspended=lambda: failover_suspended(self)
             )
             self.failover.start()
+            self.drainer = Drainer(self)
+            self.drainer.start()
             self._control = NodeControl(self, data)
             await self._control.start()
             self.system = await start_system_agents(
@@ -308,6 +313,8 @@ class ClusterNode:
                 await task
         if self.failover is not None:
             await self.failover.stop()
+        if self.drainer is not None:
+            await self.drainer.stop()
         if self._control is not None:
             await self._control.stop()
         await self._close_keepers(final=leave)

@@ -43,7 +43,8 @@ A ``DEGRADED`` window in probation restarts the count. Nothing is permanent: eve
 can be released, and an operator's quarantine (``hold``) waits for the operator's release
 instead of counting windows. Each record keeps the evidence that caused it (the alerts,
 bounded). Quarantined and probationary nodes are excluded from placement and requests;
-``drain`` is only carried in the record for whoever moves agents off the node.
+With ``drain`` in the record, the quarantined node hands its persistent agents off
+(``core.drain`` plans where, ``cluster.drain`` carries it out).
 
 Escalations are values: a critical alert, a quarantine and a relapse each produce one,
 and the shell hands them to the user's hooks. Every table here is bounded: nodes tracked
