@@ -421,7 +421,7 @@ class AgentServer:
             else:
                 if first and call is not None and not call.future.done():
                     if self.keeper is not None:
-                        self.keeper.hold_reply(call.future, result)
+                        self.keeper.hold_reply(call.future, result, call.signal.id)
                     else:
                         call.future.set_result(result)
             first = False

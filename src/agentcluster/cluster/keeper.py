@@ -30,9 +30,14 @@ effects into the outbox under that version, and wakes the writer.
   store issued later gets a later sequence). A duplicate store (a sender's retry) answers
   with the original sequence, which is delivered again unless this keeper saw it.
 
-Replies to calls are held until the snapshot covering the state they read commits, but are
-not stored in the snapshot: a caller waiting on a node that died gets its timeout (calls
-are not journaled; ``send`` is how to reach a durable agent reliably).
+Replies to calls are held until the snapshot covering the state they read commits. The
+reply to a call from another node, by an action that changed something, is also an outbox
+entry (its call id, the caller's reply subject and the result frame) in the snapshot that
+holds the change: if the node dies after that commit and before the reply left, the next
+owner sends it, and answers the same call id from it if the caller resends the call —
+never a second run. The entry leaves the ledger once the live reply went, so the next
+snapshot drops it. A call whose action had not committed when the node died is not
+journaled: its caller gets a timeout (``send`` is how to reach a durable agent reliably).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agentcluster.cluster import wire
 from agentcluster.cluster.inbox import DUPLICATE_WINDOW, DurableInbox
 from agentcluster.cluster.state_store import StateStore
 from agentcluster.core import codec
@@ -81,6 +87,21 @@ _log = logging.getLogger("agentcluster.cluster.keeper")
 _SEEN_LIMIT = 100_000
 """Sequences a keeper remembers having delivered (to tell a retried store from a lost one)."""
 
+_REPLY = "reply"
+_REPLY_PREFIX = "reply:"
+_ROUTES_LIMIT = 10_000
+"""Reply subjects of calls running, and restored replies, an agent remembers."""
+
+
+def _reply_entry(call_id: str) -> str:
+    return f"{_REPLY_PREFIX}{call_id}"
+
+
+def _is_reply(entry: OutboxEntry) -> bool:
+    payload = entry.payload
+    return isinstance(payload, dict) and payload.get("kind") == _REPLY
+
+
 _LEASE_POLL = 0.05
 """Seconds between looks at the lease while a release waits for it."""
 
@@ -105,6 +126,8 @@ class KeeperDeps:
     telemetry: Telemetry
     max_staleness: float = DEFAULT_MAX_STALENESS
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    send_reply: Callable[[str, bytes], None] | None = None
+    """Sends a restored reply's result frame to its caller's reply subject."""
 
 
 class AgentKeeper:
@@ -137,6 +160,10 @@ class AgentKeeper:
         self.fenced: AgentFenced | None = None
         self._staged: list[tuple[str, Any]] = []
         self._replies: list[tuple[int, asyncio.Future[Any], Any]] = []
+        self._reply_routes: OrderedDict[str, str] = OrderedDict()
+        """Call id -> the caller's reply subject, for calls that came over the wire."""
+        self._answered: OrderedDict[str, bytes] = OrderedDict()
+        """Call id -> result frame of the restored snapshot's replies, for a resent call."""
         self._sending: set[str] = set()
         self._fingerprint: tuple[Any, ...] = ()
         self._seq_of: dict[str, int] = {}
@@ -209,8 +236,23 @@ class AgentKeeper:
     def hold_emit(self, signal: Signal) -> None:
         self._staged.append(("signal", signal))
 
-    def hold_reply(self, future: asyncio.Future[Any], value: Any) -> None:
-        self._staged.append(("reply", (future, value)))
+    def hold_reply(self, future: asyncio.Future[Any], value: Any, call_id: str = "") -> None:
+        self._staged.append(("reply", (future, value, call_id)))
+
+    def route_reply(self, call_id: str, subject: str) -> None:
+        """A call from another node is about to run: where its reply goes, so a reply of an
+        action that changed the state is kept in the outbox with it."""
+        routes = self._reply_routes
+        routes[call_id] = subject
+        while len(routes) > _ROUTES_LIMIT:
+            routes.popitem(last=False)
+
+    def forget_route(self, call_id: str) -> None:
+        self._reply_routes.pop(call_id, None)
+
+    def answered(self, call_id: str) -> bytes | None:
+        """The result frame of a call the restored snapshot had answered, if this is one."""
+        return self._answered.get(call_id)
 
     def note(self, item: Any) -> None:
         """The server finished ``item`` (a signal, call or instruction), whatever the
@@ -229,12 +271,12 @@ class AgentKeeper:
                 if kind == "signal":
                     self._staged.append((kind, value))
                 elif self.scheduler.covers(latest) and self._deps.fence_ok():
-                    future, result = value
+                    future, result, _ = value
                     if not future.done():
                         self._committed("reply")
                         future.set_result(result)
                 else:
-                    self._replies.append((latest, *value))
+                    self._replies.append((latest, value[0], value[1]))
             if not self._staged:
                 return
             staged, self._staged = self._staged, []
@@ -251,9 +293,26 @@ class AgentKeeper:
                 except AgentClusterError as error:
                     self._deps.dead_letter(signal, error)
             else:
-                future, result = value
+                future, result, call_id = value
                 self._replies.append((version, future, result))
+                self._keep_reply(call_id, result, version)
         self._wake.set()
+
+    def _keep_reply(self, call_id: str, result: Any, version: int) -> None:
+        """The reply of a call from another node, to an action that changed the state, goes
+        into the outbox with the caller's reply subject: if this node dies after the
+        snapshot commits and before the reply leaves, the next owner sends it."""
+        route = self._reply_routes.pop(call_id, None) if call_id else None
+        if route is None:
+            return
+        try:
+            frame = wire.result_frame(call_id, self.agent_id, result)
+            payload = {"kind": _REPLY, "to": route, "frame": frame.decode()}
+            self.outbox = self.outbox.add(_reply_entry(call_id), version, payload)
+        except AgentClusterError as error:
+            # Unencodable (the router answers with the error) or the outbox is full: the
+            # live reply still goes; only a failover between commit and send loses it.
+            _log.debug("reply to %s of %r not kept: %s", call_id, self.agent_id, error)
 
     def _current_fingerprint(self) -> tuple[Any, ...]:
         server = self.server
@@ -488,9 +547,14 @@ class AgentKeeper:
                 else:
                     still.append(held)
             self._replies = still
+        replies = []
         for entry in self.outbox.releasable(version):
-            if entry.entry_id not in self._sending:
+            if _is_reply(entry):
+                replies.append(entry.entry_id)  # the live reply leaves with its caller's future
+            elif entry.entry_id not in self._sending:
                 self._send(entry)
+        if replies:
+            self.outbox = self.outbox.released(replies)
         position = self.position
         inbox = self._deps.inbox
         if position is not None and inbox is not None and envelope.inbox is not None:
@@ -513,10 +577,32 @@ class AgentKeeper:
         return self.fenced is None and not self._stopped
 
     def release_restored(self) -> None:
-        """After the fencing write: release again every entry the restored snapshot held."""
+        """After the fencing write: release again every entry the restored snapshot held.
+        A reply goes to its caller's reply subject under its call id (a caller still
+        waiting takes it; any other drops it), and is remembered to answer that call
+        again if the caller resends it here."""
+        replies = []
         for entry in self.outbox.for_snapshot():
-            if entry.entry_id not in self._sending:
+            if _is_reply(entry):
+                replies.append(entry.entry_id)
+                self._send_reply(entry)
+            elif entry.entry_id not in self._sending:
                 self._send(entry)
+        if replies:
+            self.outbox = self.outbox.released(replies)
+
+    def _send_reply(self, entry: OutboxEntry) -> None:
+        payload = entry.payload
+        frame = str(payload.get("frame", "")).encode()
+        call_id = entry.entry_id[len(_REPLY_PREFIX) :]
+        self._answered[call_id] = frame
+        while len(self._answered) > _ROUTES_LIMIT:
+            self._answered.popitem(last=False)
+        send_reply = self._deps.send_reply
+        if send_reply is None or not self._deps.fence_ok():
+            return
+        self._committed("reply")
+        send_reply(str(payload.get("to", "")), frame)
 
     def _send(self, entry: OutboxEntry) -> None:
         try:

@@ -671,6 +671,7 @@ class ClusterNode:
             inbox=self.durable_inbox,
             fence_ok=self.fence_ok,
             send=self._release_signal,
+            send_reply=self._send_reply,
             dead_letter=self._dead_letter_emit,
             on_fenced=self._on_fenced,
             telemetry=self.local.telemetry,
@@ -686,6 +687,10 @@ class ClusterNode:
         if self.outbound is None:
             raise ConnectionClosed(f"node {self.node_id!r} is not started")
         await self.outbound.send(target, signal)
+
+    def _send_reply(self, subject: str, frame: bytes) -> None:
+        if self.router is not None:
+            self.router.send_reply(subject, frame)
 
     def _dead_letter_emit(self, signal: Signal, error: AgentClusterError) -> None:
         self.local.dead_letter(signal, error, signal.target)

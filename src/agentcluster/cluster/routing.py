@@ -894,6 +894,14 @@ class Router:
             keeper = verdict.keeper
             if not keeper.running:
                 verdict = _starting(signal.id, agent_id, self.node_id)
+            elif kind is Kind.CALL and (answer := keeper.answered(signal.id)) is not None:
+                # A call the restored snapshot had answered, resent by its caller: the
+                # same answer again, never a second run.
+                self.stats.duplicates += 1
+                if reply:
+                    self._enqueue(reply, answer, control=True)
+                accepted.append((signal.id, agent_id))
+                return
             elif kind is Kind.SEND and keeper.durable:
                 # Acknowledged once stored in the durable inbox, after this batch.
                 self._durable.append((agent_id, signal, key, reply, now))
@@ -986,8 +994,17 @@ class Router:
             signal_id, agent_id, Reason.STARTING, True, f"agent {agent_id!r} is starting {here}"
         )
 
+    def send_reply(self, subject: str, frame: bytes) -> None:
+        """Send a result frame that a restored persistent agent's snapshot held."""
+        if subject and not self._stopped:
+            self._enqueue(subject, frame, control=True)
+
     async def _run_call(self, agent_id: str, signal: Signal, reply: str) -> None:
         key = (signal.id, agent_id)
+        server = self._local_server(agent_id)
+        keeper = server.keeper if server is not None else None
+        if keeper is not None and reply:
+            keeper.route_reply(signal.id, reply)
         try:
             deadline = signal.deadline
             budget = self.config.call_timeout
@@ -1010,6 +1027,8 @@ class Router:
         finally:
             self._calls.pop(key, None)
             self._unacked.pop(key, None)
+            if keeper is not None:
+                keeper.forget_route(signal.id)
         if reply and not self._stopped:
             self._enqueue(reply, frame, control=True)
 

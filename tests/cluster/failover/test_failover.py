@@ -504,6 +504,39 @@ async def test_an_activation_overtaken_by_a_newer_assignment_writes_nothing(
         assert await total(cluster, "c") == 2
 
 
+async def test_a_reply_committed_but_not_sent_is_sent_by_the_next_owner() -> None:
+    """A call's reply is part of the snapshot that holds the action's effect: when the
+    node dies after that snapshot committed and before the reply left, the agent's next
+    owner sends it, and the caller gets the result instead of a timeout — from one run."""
+    async with cluster_of(3) as (cluster, log):
+        await cluster.start_agent(Counter, "c", node="n3", mode="critical")
+        await cluster.call("c", Signal("count.add", {"n": 1}), timeout=5)
+        n3 = cluster.node("n3")
+        router = n3.router
+        assert router is not None
+        real_enqueue = router._enqueue
+        lost: list[bytes] = []
+
+        def lose_results(subject: str, frame: bytes, *, control: bool = False) -> bool:
+            if b'"k":"result"' in frame:
+                lost.append(frame)  # the node dies before this leaves
+                return True
+            return real_enqueue(subject, frame, control=control)
+
+        router._enqueue = lose_results  # type: ignore[method-assign]
+        keeper = n3.keepers["c"]
+        call = asyncio.create_task(cluster.call("c", Signal("count.add", {"n": 4}), timeout=30))
+        await eventually(lambda: bool(lost), timeout=5)
+        assert keeper.scheduler.committed_version == keeper.scheduler.latest_version
+        await cluster.kill_node("n3")
+        assert await asyncio.wait_for(call, 10) == {"total": 5}  # long before its 30 s
+        assert running_elsewhere(cluster, "c", "n3")
+        assert await total(cluster, "c") == 5
+        replies = [c for c in log.of("c") if c.kind == "reply" and c.node_id != "n3"]
+        assert replies
+        assert replies[0].incarnation == 2
+
+
 async def test_a_store_stall_during_failover_delays_it_and_kills_nobody() -> None:
     async with cluster_of(3) as (cluster, _):
         await cluster.start_agent(Counter, "c", node="n3", mode="critical")
