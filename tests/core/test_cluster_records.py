@@ -141,8 +141,14 @@ def test_agent_entries_round_trip_with_their_spec() -> None:
         spec={"class": "shop.agents:Inventory", "params": {"size": 3}},
         status=AgentStatus.STARTING,
         stamp=WriteStamp("n1", 2, 9),
+        failovers=(1_700_000_000.5, 1_700_000_100.0),
     )
     assert AgentEntry.from_bytes(entry.to_bytes()) == entry
+    # Entries written before failovers were recorded read as having none.
+    old = b'{"id": "a", "node": "n1", "node_incarnation": 1, "status": "running"}'
+    assert AgentEntry.from_bytes(old).failovers == ()
+    with pytest.raises(CorruptRecord):
+        AgentEntry.from_bytes(old[:-1] + b', "failovers": ["soon"]}')
     marked = entry.unavailable("node_dead", WriteStamp("n3", 1, 1))
     assert (marked.status, marked.reason, marked.spec) == (
         AgentStatus.UNAVAILABLE,

@@ -55,9 +55,10 @@ _log = logging.getLogger("agentcluster.cluster.failover")
 
 _UNWRITTEN = "unwritten"
 """A decision that was never written (the store did not answer, or the reservation for a
-move was refused): a move planned but not made is taken back from the agent's failover
-history, so a store outage (a stream leader election) cannot use up the failover limit of
-an agent that has not moved once. A move that lost its compare-and-set still counts."""
+move was refused). The failover history lives in the entries (``AgentEntry.failovers``,
+written with each move), so a move planned but not made never counts towards the limit —
+a store outage cannot use up the limit of an agent that has not moved — and a new leader
+counts on from the registry as it finds it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,6 @@ class FailoverManager:
         self._placer = Placer(node, seed=f"{node.node_id}/failover")
         self._rng = random.Random(f"{node.node_id}/failover")
         self._starting: dict[str, StartingSince] = {}
-        self._history: dict[str, tuple[float, ...]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.passes = 0
@@ -155,6 +155,12 @@ class FailoverManager:
                 entries.append((entry, revision))
         members = node.members()
         leader = None if node.liveness is None else node.liveness.leader()
+        wall = clock.wall()
+        history = {
+            entry.id: tuple(started - (wall - t) for t in entry.failovers)
+            for entry, _ in entries
+            if entry.failovers
+        }
         plan = plan_failover(
             entries,
             members,
@@ -162,7 +168,7 @@ class FailoverManager:
             now=started,
             rng=self._rng,
             starting=self._starting,
-            history=self._history,
+            history=history,
             leader=None if leader is None else leader[0],
             max_failovers=self.config.max_failovers,
             failover_window=self.config.failover_window,
@@ -183,21 +189,16 @@ class FailoverManager:
             )
         else:
             decisions = plan.decisions
-            self._history = plan.history
         gate = asyncio.Semaphore(self.config.concurrency)
 
         async def run(decision: Decision) -> str | None:
             async with gate:
-                return await self._carry_out(decision)
+                return await self._carry_out(decision, wall)
 
         outcomes = await asyncio.gather(*(run(d) for d in decisions))
         counts = {"moved": 0, "unavailable": 0, "failed": 0, "lost": 0}
-        for decision, outcome in zip(decisions, outcomes, strict=True):
-            if outcome == _UNWRITTEN:
-                outcome = None
-                if isinstance(decision, MoveTo):
-                    self._take_back(decision.agent_id, started)
-            counts[outcome or "lost"] += 1
+        for outcome in outcomes:
+            counts["lost" if outcome in (None, _UNWRITTEN) else outcome] += 1
         self.passes += 1
         self.moved += counts["moved"]
         self.marked_unavailable += counts["unavailable"]
@@ -220,15 +221,7 @@ class FailoverManager:
             )
         return plan.next_deadline, plan.remaining > 0
 
-    def _take_back(self, agent_id: str, planned_at: float) -> None:
-        earlier = self._history.get(agent_id, ())
-        if earlier and earlier[-1] == planned_at:
-            history = {**self._history, agent_id: earlier[:-1]}
-            if not earlier[:-1]:
-                del history[agent_id]
-            self._history = history
-
-    async def _carry_out(self, decision: Decision) -> str | None:
+    async def _carry_out(self, decision: Decision, wall: float) -> str | None:
         node = self._node
         registry = node._registry()
         entry = registry.lookup(decision.agent_id)
@@ -239,6 +232,8 @@ class FailoverManager:
         if isinstance(decision, MoveTo):
             if decision.resources and not await reserve_move(self._node, decision):
                 return _UNWRITTEN
+            window = self.config.failover_window
+            recent = tuple(t for t in entry.failovers if wall - t < window)
             changed = replace(
                 entry,
                 node=decision.node,
@@ -247,6 +242,7 @@ class FailoverManager:
                 status=AgentStatus.STARTING,
                 reason=None,
                 stamp=stamp,
+                failovers=(*recent, wall)[-(self.config.max_failovers + 1) :],
             )
             outcome = "moved"
         elif isinstance(decision, MarkUnavailable):

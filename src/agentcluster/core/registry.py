@@ -57,6 +57,10 @@ class AgentEntry:
     status: AgentStatus = AgentStatus.RUNNING
     reason: str | None = None
     stamp: WriteStamp | None = None
+    failovers: tuple[float, ...] = ()
+    """Wall-clock times of the agent's recent failovers, written with each move, so that
+    whichever node leads counts the failover limit from the registry (clock skew between
+    nodes only shifts a ten-minute window by seconds)."""
 
     def unavailable(self, reason: str, stamp: WriteStamp) -> AgentEntry:
         """Its node is gone: kept (with its spec) for failover, refused meanwhile."""
@@ -76,6 +80,7 @@ class AgentEntry:
                 "status": self.status.value,
                 "reason": self.reason,
                 "stamp": None if self.stamp is None else self.stamp.to_json(),
+                "failovers": list(self.failovers),
             }
         )
 
@@ -92,6 +97,11 @@ class AgentEntry:
         if spec is not None and not isinstance(spec, dict):
             raise CorruptRecord("agent", f"field 'spec' should be an object, not {spec!r}")
         stamp = raw.get("stamp")
+        failovers = raw.get("failovers") or []
+        if not isinstance(failovers, list) or not all(
+            isinstance(t, int | float) and not isinstance(t, bool) for t in failovers
+        ):
+            raise CorruptRecord("agent", f"field 'failovers' should be numbers, not {failovers!r}")
         return cls(
             id=get.text("id"),
             node=get.text("node"),
@@ -104,6 +114,7 @@ class AgentEntry:
             status=status,
             reason=get.optional_text("reason"),
             stamp=None if stamp is None else WriteStamp.from_json(stamp),
+            failovers=tuple(float(t) for t in failovers),
         )
 
 

@@ -537,6 +537,41 @@ async def test_a_reply_committed_but_not_sent_is_sent_by_the_next_owner() -> Non
         assert replies[0].incarnation == 2
 
 
+async def test_a_new_leader_counts_the_failover_limit_on_from_the_registry() -> None:
+    """The failover history is in the registry entry, not in a leader's memory: with a
+    limit of one failover, the agent's second failover is refused as ``failover_limit``
+    even when the leader that moved it the first time died meanwhile."""
+    config = FailoverConfig(max_failovers=1)
+    async with cluster_of(4, failover=config) as (cluster, _):
+        first_leader = cluster.leader()
+        assert first_leader is not None
+        host = next(n for n in ("n4", "n3", "n2") if n != first_leader[0])
+        await cluster.start_agent(Counter, "c", node=host, mode="critical")
+        await cluster.call("c", Signal("count.add", {"n": 1}), timeout=5)
+        await cluster.kill_node(host)
+        await eventually(lambda: running_elsewhere(cluster, "c", host), timeout=10)
+        moved = cluster.lookup("c")
+        assert moved is not None
+        assert len(moved.failovers) == 1
+        # Both the node the agent now lives on and the leader that moved it die.
+        leader = cluster.leader()
+        assert leader is not None
+        for node_id in sorted({moved.node, leader[0]}):
+            await cluster.kill_node(node_id)
+        await eventually(
+            lambda: (
+                (entry := cluster.lookup("c")) is not None and entry.status is AgentStatus.FAILED
+            ),
+            timeout=15,
+        )
+        entry = cluster.lookup("c")
+        assert entry is not None
+        assert entry.reason == "failover_limit"
+        new_leader = cluster.leader()
+        assert new_leader is not None
+        assert new_leader[0] not in {leader[0], moved.node}
+
+
 async def test_a_store_stall_during_failover_delays_it_and_kills_nobody() -> None:
     async with cluster_of(3) as (cluster, _):
         await cluster.start_agent(Counter, "c", node="n3", mode="critical")
