@@ -242,11 +242,17 @@ async def _activate(node: ClusterNode, entry: AgentEntry, revision: int) -> Agen
     )
     node.keepers[entry.id] = keeper
     keeper.attach(server)
-    keeper.release_restored()
+    # The restored outbox is released only once the entry is ours (step 5): an activation
+    # overtaken while it started (a slow mount, a long replay) must send nothing.
+    restored = keeper.outbox.for_snapshot()
+    _check_entry(node, entry)
     if durable:
         await _replay(node, keeper, found, decisions)
+        _check_entry(node, entry)
     keeper.running = True
-    return await _mark_running(node, entry, revision)
+    running = await _mark_running(node, entry, revision)
+    keeper.release_restored(restored)
+    return running
 
 
 def _fresh(cls: type[Agent], agent_id: str, state: Any, now: float) -> dict[str, Any]:

@@ -128,6 +128,8 @@ class KeeperDeps:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     send_reply: Callable[[str, bytes], None] | None = None
     """Sends a restored reply's result frame to its caller's reply subject."""
+    incarnation_of: Callable[[str], int | None] = lambda agent_id: None
+    """The agent's incarnation in this node's registry cache (None: unknown)."""
 
 
 class AgentKeeper:
@@ -392,6 +394,10 @@ class AgentKeeper:
         its lease may have had a store land after the new owner walked the subject: it
         must not acknowledge it (the sender retries, reaches the new owner, and the
         stream's de-duplication hands that owner the stored copy)."""
+        if self.superseded():
+            raise AgentStarting(
+                f"agent {self.agent_id!r} moved to a newer incarnation", agent_id=self.agent_id
+            )
         if self.fenced is not None or not self._deps.fence_ok():
             raise NodeUnavailable(
                 f"node {self._deps.node_id!r} cannot confirm its lease", agent_id=self.agent_id
@@ -576,13 +582,16 @@ class AgentKeeper:
             await asyncio.sleep(_LEASE_POLL)
         return self.fenced is None and not self._stopped
 
-    def release_restored(self) -> None:
+    def release_restored(self, entries: list[OutboxEntry] | None = None) -> None:
         """After the fencing write: release again every entry the restored snapshot held.
         A reply goes to its caller's reply subject under its call id (a caller still
         waiting takes it; any other drops it), and is remembered to answer that call
         again if the caller resends it here."""
+        held = {entry.entry_id for entry in self.outbox.for_snapshot()}
         replies = []
-        for entry in self.outbox.for_snapshot():
+        for entry in self.outbox.for_snapshot() if entries is None else entries:
+            if entry.entry_id not in held:
+                continue  # released meanwhile (a later commit covered it)
             if _is_reply(entry):
                 replies.append(entry.entry_id)
                 self._send_reply(entry)
@@ -590,6 +599,15 @@ class AgentKeeper:
                 self._send(entry)
         if replies:
             self.outbox = self.outbox.released(replies)
+
+    def superseded(self) -> bool:
+        """The registry (this node's cache: a hint) names a newer incarnation of the agent.
+        Checked with the lease before effects that no compare-and-set guards."""
+        newest = self._deps.incarnation_of(self.agent_id)
+        return newest is not None and newest > self.incarnation
+
+    def may_commit(self) -> bool:
+        return self.fenced is None and self._deps.fence_ok() and not self.superseded()
 
     def _send_reply(self, entry: OutboxEntry) -> None:
         payload = entry.payload
@@ -599,7 +617,7 @@ class AgentKeeper:
         while len(self._answered) > _ROUTES_LIMIT:
             self._answered.popitem(last=False)
         send_reply = self._deps.send_reply
-        if send_reply is None or not self._deps.fence_ok():
+        if send_reply is None or not self.may_commit():
             return
         self._committed("reply")
         send_reply(str(payload.get("to", "")), frame)
@@ -625,6 +643,7 @@ class AgentKeeper:
             self.fenced is not None
             or self._stopped
             or (not self._deps.fence_ok() and not await self._lease_back())
+            or self.superseded()
         ):
             self._sending.discard(entry_id)
             return

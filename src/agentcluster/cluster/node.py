@@ -672,6 +672,7 @@ class ClusterNode:
             fence_ok=self.fence_ok,
             send=self._release_signal,
             send_reply=self._send_reply,
+            incarnation_of=self._incarnation_of,
             dead_letter=self._dead_letter_emit,
             on_fenced=self._on_fenced,
             telemetry=self.local.telemetry,
@@ -687,6 +688,10 @@ class ClusterNode:
         if self.outbound is None:
             raise ConnectionClosed(f"node {self.node_id!r} is not started")
         await self.outbound.send(target, signal)
+
+    def _incarnation_of(self, agent_id: str) -> int | None:
+        entry = None if self.registry is None else self.registry.lookup(agent_id)
+        return None if entry is None else entry.incarnation
 
     def _send_reply(self, subject: str, frame: bytes) -> None:
         if self.router is not None:
