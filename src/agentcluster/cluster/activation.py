@@ -28,6 +28,8 @@ entry is left ``starting`` for the leader to plan again.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
@@ -247,7 +249,7 @@ async def _activate(node: ClusterNode, entry: AgentEntry, revision: int) -> Agen
     restored = keeper.outbox.for_snapshot()
     _check_entry(node, entry)
     if durable:
-        await _replay(node, keeper, found, decisions)
+        await _replay_in_time(node, entry, keeper, found, decisions)
         _check_entry(node, entry)
     keeper.running = True
     running = await _mark_running(node, entry, revision)
@@ -263,6 +265,65 @@ def _fresh(cls: type[Agent], agent_id: str, state: Any, now: float) -> dict[str,
     else:
         agent = cls(agent_id, apply_changes(cls.State(), state, f"{cls.__name__}.State"))
     return agent.snapshot(now)
+
+
+async def _replay_in_time(
+    node: ClusterNode,
+    entry: AgentEntry,
+    keeper: AgentKeeper,
+    found: list[tuple[int, Signal | None]],
+    decisions: tuple[Any, ...],
+) -> None:
+    """Replay while telling the leader the activation is alive: the entry is rewritten
+    (``starting``, same incarnation, a fresh stamp) every third of the activation timeout,
+    and a new revision restarts the planner's count. A long backlog then never looks like
+    a stuck activation, which would be planned again, over and over. The rewrite is a
+    compare-and-set: when the entry moved on, the replay stops (``AgentFenced``)."""
+    config = node.failover.config if node.failover is not None else None
+    every = (config.activation_timeout if config is not None else ACTIVATION_TIMEOUT) / 3
+    replay = asyncio.create_task(_replay(node, keeper, found, decisions))
+    alive = asyncio.create_task(_keep_starting(node, entry, every))
+    try:
+        await asyncio.wait((replay, alive), return_when=asyncio.FIRST_COMPLETED)
+        if not replay.done():
+            alive.result()  # it only ends by raising: the entry moved on, or the store failed
+        replay.result()
+    finally:
+        for task in (replay, alive):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+async def _keep_starting(node: ClusterNode, entry: AgentEntry, every: float) -> None:
+    registry = node._registry()
+    while True:
+        await asyncio.sleep(every)
+        try:
+            found = await registry.read(entry.id)
+        except AgentClusterError as error:
+            if not error.retryable:
+                raise
+            continue  # the store did not answer: try again next time
+        current = None if found is None else found[0]
+        if (
+            found is None
+            or current is None
+            or current.incarnation != entry.incarnation
+            or current.node != node.node_id
+            or current.status is not AgentStatus.STARTING
+        ):
+            raise AgentFenced(
+                entry.id, entry.incarnation, None if current is None else current.incarnation
+            )
+        try:
+            await registry.write_at(replace(current, stamp=node._stamp()), found[1])
+        except RevisionMismatch:
+            continue  # written meanwhile: the next look tells by whom
+        except AgentClusterError as error:
+            if not error.retryable:
+                raise
 
 
 async def _replay(

@@ -342,6 +342,46 @@ async def test_a_poison_signal_is_dead_lettered_after_its_attempts_not_killing_e
         assert await total(cluster, "fragile") == 0
 
 
+class SlowAdd(Action):
+    """Add ``n`` after 0.1 s: a backlog of these takes a while to replay."""
+
+    name = "add"
+
+    class Params(BaseModel):
+        n: int = 1
+
+    async def run(self, params: Any, ctx: Any) -> Any:
+        await asyncio.sleep(0.1)
+        total = ctx.state.total + params.n
+        return {"total": total}, ctx.set(total=total)
+
+
+class Slow(Agent):
+    State = Counter.State
+
+    routes = {"count.add": SlowAdd, "count.get": Counter.routes["count.get"]}
+
+
+async def test_a_replay_longer_than_the_activation_timeout_is_not_planned_again() -> None:
+    """A durable agent's backlog takes longer to replay than ``activation_timeout``: the
+    activation tells the leader it is alive (the entry is rewritten while it replays), so
+    the agent is not moved again and again, and every acknowledged send is applied once."""
+    config = FailoverConfig(activation_timeout=1.0)
+    async with cluster_of(3, failover=config) as (cluster, _):
+        await cluster.start_agent(Slow, "slow", node="n3", mode="durable")
+        for _ in range(40):
+            await cluster.send("slow", Signal("count.add", {"n": 1}), timeout=30)
+        applied = cluster.node("n3").local.state("slow").total
+        assert applied < 10  # most of the backlog is only in the inbox
+        await cluster.kill_node("n3")
+        await eventually(lambda: running_elsewhere(cluster, "slow", "n3"), timeout=30)
+        entry = cluster.lookup("slow")
+        assert entry is not None
+        assert entry.incarnation == 2  # one activation, never planned again
+        assert len(entry.failovers) == 1
+        assert await total(cluster, "slow") == 40
+
+
 # --- 4. fencing -----------------------------------------------------------------------
 
 
