@@ -33,8 +33,9 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
+from agentcluster.agent.loop_watchdog import LoopWatchdog
 from agentcluster.agent.node import LocalNode
-from agentcluster.clock import Clock
+from agentcluster.clock import Clock, SystemClock
 from agentcluster.cluster.activation import activate
 from agentcluster.cluster.balancing import BalancerConfig
 from agentcluster.cluster.control import (
@@ -78,9 +79,13 @@ from agentcluster.errors import (
 )
 from agentcluster.transport.interface import Connection, ObjectStoreConfig, Storage
 
-__all__ = ["ClusterNode", "Connect"]
+__all__ = ["LOOP_BLOCKED", "ClusterNode", "Connect"]
 
 _log = logging.getLogger("agentcluster.cluster.node")
+
+LOOP_BLOCKED = ("agentcluster", "node", "loop_blocked")
+"""Telemetry: the node's event loop was blocked past F/2 (``seconds`` so far; the
+``agent_id`` and ``action`` holding it, or the code location as ``action``)."""
 
 Connect = Callable[[str], Awaitable[Connection]]
 """Opens a connection to the substrate for the node named by the argument."""
@@ -182,6 +187,8 @@ class ClusterNode:
         """The keepers of the persistent agents running here, by id."""
         self.failover: FailoverManager | None = None
         self.drainer: Drainer | None = None
+        self._watchdog: LoopWatchdog | None = None
+        """Names what blocks the loop past F/2 (real clock only)."""
         """Hands this node's persistent agents off while its quarantine asks for a drain."""
         self._activating: set[str] = set()
         self._keeper_tasks: set[asyncio.Task[Any]] = set()
@@ -229,6 +236,14 @@ class ClusterNode:
         )
         self.liveness = liveness
         await liveness.start()
+        if type(self.local.clock) is SystemClock:
+            self._watchdog = LoopWatchdog(
+                asyncio.get_running_loop(),
+                threshold=liveness.timing.fencing_timeout / 2,
+                report=self._loop_blocked,
+                name=f"node {self.node_id}",
+            )
+            self._watchdog.start()
         assert liveness.buckets is not None
         renewer = liveness.renewer
         self.registry = Registry(
@@ -321,6 +336,8 @@ class ClusterNode:
         if self.router is not None:
             await self.router.stop()
         await self.local.stop()
+        if self._watchdog is not None:
+            self._watchdog.stop()
         if self.dead_letters is not None:
             self.local.dead_letters.sink = None
             await self.dead_letters.stop()
@@ -688,6 +705,16 @@ class ClusterNode:
         if self.outbound is None:
             raise ConnectionClosed(f"node {self.node_id!r} is not started")
         await self.outbound.send(target, signal)
+
+    def _loop_blocked(self, seconds: float, agent_id: str | None, action: str) -> None:
+        """The watchdog's finding, on the loop once it turns again (it logged already)."""
+        telemetry = self.local.telemetry
+        if telemetry.enabled:
+            telemetry.emit(
+                LOOP_BLOCKED,
+                {"seconds": seconds},
+                {"node_id": self.node_id, "agent_id": agent_id, "action": action},
+            )
 
     def _incarnation_of(self, agent_id: str) -> int | None:
         entry = None if self.registry is None else self.registry.lookup(agent_id)
