@@ -414,7 +414,8 @@ def predict(
 @dataclass(frozen=True, slots=True)
 class Alert:
     """One finding about one node. ``baseline`` (the mean) and ``z`` are None for findings
-    that are not z-scores; ``at`` is wall-clock seconds."""
+    that are not z-scores; ``seconds_left`` (until the limit) and ``confidence`` (r²) are
+    set for predictions only; ``at`` is wall-clock seconds."""
 
     node: str
     level: CheckLevel | None
@@ -426,6 +427,8 @@ class Alert:
     value: float | None = None
     baseline: float | None = None
     z: float | None = None
+    seconds_left: float | None = None
+    confidence: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -435,6 +438,8 @@ class Alert:
             "value": self.value,
             "baseline": self.baseline,
             "z": self.z,
+            "seconds_left": self.seconds_left,
+            "confidence": self.confidence,
             "severity": self.severity.value,
             "message": self.message,
             "at": self.at,
@@ -457,6 +462,8 @@ class Alert:
             value=_optional_number(get, raw, "value"),
             baseline=_optional_number(get, raw, "baseline"),
             z=_optional_number(get, raw, "z"),
+            seconds_left=_optional_number(get, raw, "seconds_left"),
+            confidence=_optional_number(get, raw, "confidence"),
             severity=severity,
             message=get.text("message", ""),
             at=get.number("at"),
@@ -901,7 +908,19 @@ class HealthBook:
                 f"(r2 {prediction.r2:.2f} over {prediction.samples} samples)"
             )
             level = CheckLevel.PREDICTIVE
-            alerts.append(Alert(node, level, metric, severity, message, at, prediction.value))
+            alerts.append(
+                Alert(
+                    node,
+                    level,
+                    metric,
+                    severity,
+                    message,
+                    at,
+                    prediction.value,
+                    seconds_left=left,
+                    confidence=prediction.r2,
+                )
+            )
         if not predicted:
             return None
         return self._record(node, CheckLevel.PREDICTIVE, alerts, now)

@@ -186,6 +186,9 @@ async def test_a_linear_memory_growth_raises_a_predictive_alert_for_that_node_on
             expected = (LIMIT_MB - first["value"]) / SLOPE_MB_PER_S
             assert abs(seconds - expected) <= 2.0, (seconds, expected)
             assert f"limit {LIMIT_MB:g}" in first["message"]
+            # ... as structured fields too
+            assert abs(first["seconds_left"] - expected) <= 2.0
+            assert first["confidence"] >= 0.99
 
             # ... and in the leader monitor's status, beside the flat nodes' predictions
             status = await cluster.call(
