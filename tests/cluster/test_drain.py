@@ -13,25 +13,14 @@ from agentcluster.cluster.drain import AGENT_DRAINED
 from agentcluster.cluster.health_monitor import HEALTH_MONITOR
 from agentcluster.cluster.system_base import system_agent_id
 from agentcluster.core.registry import AgentStatus
-from agentcluster.errors import AgentClusterError
 from agentcluster.examples.durable_counter import Counter
 from agentcluster.sim import VirtualClock
 from agentcluster.sim.invariants import CommitLog
 from agentcluster.telemetry import EventRecorder, attach, detach
 from agentcluster.testing.waiting import eventually, stays
+from tests.cluster.failover.harness import send_until_acknowledged
 
 SENDS = 60
-
-
-async def send_until_acknowledged(cluster: Cluster, agent_id: str, signal: Signal) -> None:
-    while True:
-        try:
-            await cluster.send(agent_id, signal, timeout=60)
-            return
-        except AgentClusterError as error:
-            if not error.retryable:
-                raise
-            await asyncio.sleep(0.05)
 
 
 async def quarantine(cluster: Cluster, node: str, *, drain: bool) -> Any:

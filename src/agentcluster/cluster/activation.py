@@ -306,19 +306,11 @@ async def _keep_starting(node: ClusterNode, entry: AgentEntry, every: float) -> 
             if not error.retryable:
                 raise
             continue  # the store did not answer: try again next time
-        current = None if found is None else found[0]
-        if (
-            found is None
-            or current is None
-            or current.incarnation != entry.incarnation
-            or current.node != node.node_id
-            or current.status is not AgentStatus.STARTING
-        ):
-            raise AgentFenced(
-                entry.id, entry.incarnation, None if current is None else current.incarnation
-            )
+        current, at = _still_ours(node, entry, found)
+        if current.status is not AgentStatus.STARTING:
+            raise AgentFenced(entry.id, entry.incarnation, current.incarnation)
         try:
-            await registry.write_at(replace(current, stamp=node._stamp()), found[1])
+            await registry.write_at(replace(current, stamp=node._stamp()), at)
         except RevisionMismatch:
             continue  # written meanwhile: the next look tells by whom
         except AgentClusterError as error:
@@ -375,19 +367,22 @@ async def _mark_running(node: ClusterNode, entry: AgentEntry, revision: int) -> 
         await registry.write_at(running, revision)
     except RevisionMismatch:
         found = await registry.read(entry.id)
-        current = None if found is None else found[0]
-        if (
-            found is None
-            or current is None
-            or current.incarnation != entry.incarnation
-            or current.node != node.node_id
-        ):
-            raise AgentFenced(
-                entry.id, entry.incarnation, None if current is None else current.incarnation
-            ) from None
+        current, at = _still_ours(node, entry, found)
         running = replace(current, status=AgentStatus.RUNNING, reason=None, stamp=node._stamp())
-        await registry.write_at(running, found[1])
+        await registry.write_at(running, at)
     return running
+
+
+def _still_ours(
+    node: ClusterNode, entry: AgentEntry, found: tuple[AgentEntry, int] | None
+) -> tuple[AgentEntry, int]:
+    """The entry as read and its revision, when it still names this node at ``entry``'s
+    incarnation; ``AgentFenced`` otherwise."""
+    if found is None or found[0].incarnation != entry.incarnation or found[0].node != node.node_id:
+        raise AgentFenced(
+            entry.id, entry.incarnation, None if found is None else found[0].incarnation
+        )
+    return found
 
 
 async def _drop_local(node: ClusterNode, agent_id: str, reason: str) -> None:

@@ -32,6 +32,7 @@ from agentcluster.core.failover import (
     INVALID_SPEC,
     NO_CAPACITY,
     MoveTo,
+    _move,
     _placement_of,
     _Placer,
 )
@@ -116,15 +117,6 @@ def plan_drain(
             stays.append(Stay(entry.id, NO_CAPACITY, "only_this_node"))
             continue
         placer.reserve(target, placement.resources)
-        moves.append(
-            MoveTo(
-                agent_id=entry.id,
-                revision=revision,
-                node=target,
-                node_incarnation=nodes[target].incarnation,
-                agent_incarnation=entry.incarnation + 1,
-                resources=dict(placement.resources),
-            )
-        )
+        moves.append(_move(entry, revision, target, nodes, placement))
     movable = sum(1 for entry, _ in candidates if entry.mode in _MOVABLE)
     return DrainPlan(tuple(moves), tuple(stays), remaining=movable - examined)

@@ -271,22 +271,31 @@ def plan_failover(
             continue
         placer.reserve(target, placement.resources)
         times[entry.id] = (*earlier, now)
-        decisions.append(
-            MoveTo(
-                agent_id=entry.id,
-                revision=revision,
-                node=target,
-                node_incarnation=nodes[target].incarnation,
-                agent_incarnation=entry.incarnation + 1,
-                resources=dict(placement.resources),
-            )
-        )
+        decisions.append(_move(entry, revision, target, nodes, placement))
     return FailoverPlan(
         decisions=tuple(decisions),
         starting=timed,
         history=dict(sorted(times.items())),
         remaining=len(candidates) - examined,
         next_deadline=next_deadline,
+    )
+
+
+def _move(
+    entry: AgentEntry,
+    revision: int,
+    target: str,
+    nodes: Mapping[str, NodeRecord],
+    placement: _Placement,
+) -> MoveTo:
+    """The move of ``entry`` (at ``revision``) to ``target``, at the next incarnation."""
+    return MoveTo(
+        agent_id=entry.id,
+        revision=revision,
+        node=target,
+        node_incarnation=nodes[target].incarnation,
+        agent_incarnation=entry.incarnation + 1,
+        resources=dict(placement.resources),
     )
 
 

@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -33,37 +32,11 @@ from agentcluster.cluster.health_monitor import (
 )
 from agentcluster.cluster.system_base import system_agent_id
 from agentcluster.core.health import CheckLevel, HealthPolicy
-from agentcluster.core.registry import AgentStatus
 from agentcluster.examples.durable_counter import Counter
 from agentcluster.sim import VirtualClock
-from agentcluster.sim.invariants import CommitLog
 from agentcluster.telemetry import EventRecorder, attach, detach
 from agentcluster.testing.waiting import eventually, stays
-
-
-@asynccontextmanager
-async def cluster_of(nodes: int = 3, **options: Any) -> AsyncIterator[tuple[Cluster, CommitLog]]:
-    clock = VirtualClock(asyncio.get_running_loop())
-    with CommitLog() as log:
-        async with Cluster.local(nodes=nodes, clock=clock, **options) as cluster:
-            await eventually(lambda: len(cluster.members()) == nodes, timeout=5)
-            yield cluster, log
-        assert not log.overflowed
-        assert log.violations() == []
-
-
-def running_elsewhere(cluster: Cluster, agent_id: str, gone: str) -> bool:
-    entry = cluster.lookup(agent_id)
-    return entry is not None and entry.node != gone and entry.status is AgentStatus.RUNNING
-
-
-def instances(cluster: Cluster, agent_id: str) -> list[str]:
-    """The live nodes of this process that run ``agent_id`` locally."""
-    return [
-        node.node_id
-        for node in cluster._nodes.values()
-        if not node.stopped and node.local.lookup(agent_id) is not None
-    ]
+from tests.cluster.failover.harness import cluster_of, instances, running_elsewhere
 
 
 async def stored_snapshot(cluster: Cluster, via: str, agent_id: str) -> Any:
