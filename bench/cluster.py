@@ -456,6 +456,21 @@ def _top(stats: pstats.Stats, title: str, lines: int = 14) -> str:
     )
 
 
+def profiled(node: NodeProcess, out: Path) -> None:
+    """Run ``node`` as ``bench.cluster_peer profiled-node``, writing its profile to ``out``
+    (profiling is switched on only for the window measured)."""
+    node.args = [
+        node.args[0],
+        "-m",
+        "bench.cluster_peer",
+        "profiled-node",
+        "--profile-out",
+        str(out),
+        "--",
+        *node.args[4:],
+    ]
+
+
 async def profile(cluster: Cluster, url: str, sizes: Sizes, loop: str) -> str:
     """cProfile of this process and of a node process over a cast burst, then over calls."""
     directory = Path(tempfile.mkdtemp(prefix="bench-profile-"))
@@ -468,16 +483,7 @@ async def profile(cluster: Cluster, url: str, sizes: Sizes, loop: str) -> str:
         loop=loop,
         env=bench_env(),
     )
-    node.args = [
-        node.args[0],
-        "-m",
-        "bench.cluster_peer",
-        "profiled-node",
-        "--profile-out",
-        str(out),
-        "--",
-        *node.args[4:],
-    ]
+    profiled(node, out)
     sections = []
     await asyncio.to_thread(node.start)
     try:

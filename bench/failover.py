@@ -92,6 +92,7 @@ from agentcluster.core.registry import AgentEntry, AgentStatus
 from agentcluster.errors import AgentClusterError
 from agentcluster.testing.node_process import NodeProcess
 from agentcluster.testing.waiting import eventually
+from bench.cluster import profiled
 from bench.peers import bench_env
 
 COUNTER = "agentcluster.examples.durable_counter:Counter"
@@ -178,16 +179,7 @@ class Bench:
         node = NodeProcess(
             self.url, node_id, directory=self.directory, loop=self.node_loop, env=bench_env()
         )
-        node.args = [
-            node.args[0],
-            "-m",
-            "bench.cluster_peer",
-            "profiled-node",
-            "--profile-out",
-            str(out),
-            "--",
-            *node.args[4:],
-        ]
+        profiled(node, out)
         return node
 
     @property
