@@ -155,7 +155,14 @@ def _print_failover_report(console: Console, report: FailoverDemoReport) -> None
         f"{report.interleavings} interleavings; health alerts: "
         f"{', '.join(report.alerts) or 'none'}; quarantined: "
         f"{', '.join(report.quarantined) or 'none'}; next placement on "
-        f"{report.placed_after_quarantine or '?'}"
+        f"{report.placed_after_quarantine or '?'}; drained off the quarantined node: "
+        + (
+            ", ".join(
+                f"{agent} -> {node} (total {report.drained_totals.get(agent, '?')})"
+                for agent, node in sorted(report.drained_to.items())
+            )
+            or "none"
+        )
     )
     _print_invariants(console, "Invariants (act 3)", judge(report))
 

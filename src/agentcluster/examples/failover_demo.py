@@ -12,7 +12,8 @@ memory backend, whose store outlives the nodes as a NATS cluster would.
   + 1, ``starting``), their new nodes restore the snapshots, replay ``orders``' inbox and
   release its outbox again; the plain ``cache`` becomes ``unavailable``.
 - Then the health monitor is shown synthetic vitals of n2 (memory climbing far above its
-  baseline): it raises an alert and quarantines n2, and a new placement avoids it.
+  baseline): it raises an alert and quarantines n2 with a drain: a new placement avoids
+  it, and its critical and durable agents move off it alive, with their state.
 
 ``judge`` turns the measurements into invariants; every figure printed is measured.
 """
@@ -61,6 +62,10 @@ class FailoverDemoReport:
     quarantined: list[str] = field(default_factory=list)
     placed_after_quarantine: str = ""
     health_error: str = ""
+    to_drain: dict[str, int] = field(default_factory=dict)
+    """The quarantined node's persistent agents, with their totals before the drain."""
+    drained_to: dict[str, str] = field(default_factory=dict)
+    drained_totals: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -118,6 +123,16 @@ def judge(report: FailoverDemoReport) -> list[Invariant]:
             and report.placed_after_quarantine not in ("", "n2"),
             f"alerts {report.alerts}, quarantined {report.quarantined}, new agent on "
             f"{report.placed_after_quarantine!r} {report.health_error}",
+        ),
+        Invariant(
+            "the quarantine drained the node: its critical and durable agents moved off it "
+            "alive, with their state",
+            bool(report.to_drain)
+            and set(report.drained_to) == set(report.to_drain)
+            and "n2" not in report.drained_to.values()
+            and report.drained_totals == report.to_drain,
+            f"before {report.to_drain}, now on {report.drained_to} with totals "
+            f"{report.drained_totals}",
         ),
     ]
 
@@ -225,8 +240,12 @@ async def _total(cluster: Cluster, agent_id: str) -> int:
 
 async def _health(cluster: Cluster, report: FailoverDemoReport) -> None:
     """Filled in by the health monitor part of the demo."""
-    from agentcluster.examples.health_story import health_story
+    from agentcluster.examples.health_story import ANOMALOUS, drained, health_story
 
+    for agent_id in ("audit", "orders", *SESSIONS):
+        entry = cluster.lookup(agent_id)
+        if entry is not None and entry.node == ANOMALOUS:
+            report.to_drain[agent_id] = await _total(cluster, agent_id)
     try:
         alerts, quarantined, placed = await health_story(cluster)
     except AgentClusterError as error:
@@ -235,6 +254,9 @@ async def _health(cluster: Cluster, report: FailoverDemoReport) -> None:
     report.alerts = alerts
     report.quarantined = quarantined
     report.placed_after_quarantine = placed
+    report.drained_to = await drained(cluster, list(report.to_drain))
+    for agent_id in report.drained_to:
+        report.drained_totals[agent_id] = await _total(cluster, agent_id)
 
 
 def main() -> None:  # pragma: no cover - a convenience for running the act alone

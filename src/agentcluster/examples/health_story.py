@@ -3,9 +3,9 @@
 Every live node's monitor is given synthetic vitals (so the story is the same on every
 machine), checks run on demand (``cluster.health_monitor.check`` on the leader's monitor)
 rather than on their minutes-long default intervals, and ``n2``'s memory then climbs far
-above the baseline the calm checks taught. Two unhealthy check windows quarantine it; the
-quarantine reaches every node's cache through the store, and a new placement goes
-elsewhere.
+above the baseline the calm checks taught. Two unhealthy check windows quarantine it, with
+``drain``; the quarantine reaches every node's cache through the store, a new placement
+goes elsewhere, and n2 hands its critical and durable agents off to the other nodes.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from agentcluster.cluster.quarantine import quarantine_book
 from agentcluster.cluster.system_base import system_agent_id
 from agentcluster.core.health import CheckLevel, HealthPolicy
 from agentcluster.core.membership import NodeStatus
+from agentcluster.core.registry import AgentStatus
 from agentcluster.core.signal import Signal
 from agentcluster.errors import NodeUnavailable
 
-__all__ = ["health_story"]
+__all__ = ["drained", "health_story"]
 
 ANOMALOUS = "n2"
 CALM_CHECKS = 6
@@ -97,6 +98,7 @@ async def health_story(cluster: Cluster) -> tuple[list[str], list[str], str]:
             },
             min_samples=5,
             quarantine_after=2,
+            drain=True,
         ),
         vitals=vitals,
         vitals_timeout=2.0,
@@ -121,3 +123,21 @@ async def health_story(cluster: Cluster) -> tuple[list[str], list[str], str]:
         raise NodeUnavailable(f"{ANOMALOUS} was not quarantined: alerts {alerts}")
     entry = await cluster.start_agent(Newcomer, "newcomer")
     return alerts, quarantined, entry.node
+
+
+async def drained(cluster: Cluster, agents: list[str], within: float = 10.0) -> dict[str, str]:
+    """Wait (bounded) until none of ``agents`` runs on the quarantined node; returns where
+    each one runs then."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    where: dict[str, str] = {}
+    while loop.time() < deadline:
+        where = {}
+        for agent_id in agents:
+            entry = cluster.lookup(agent_id)
+            if entry is not None and entry.status is AgentStatus.RUNNING:
+                where[agent_id] = entry.node
+        if len(where) == len(agents) and ANOMALOUS not in where.values():
+            break
+        await asyncio.sleep(0.02)
+    return where

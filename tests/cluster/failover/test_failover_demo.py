@@ -23,6 +23,9 @@ async def test_the_failover_act_keeps_every_invariant() -> None:
     assert set(report.served_again) == set(PERSISTENT)
     assert report.orders_total == report.audit_total == 200
     assert report.quarantined == ["n2"]
+    assert report.to_drain  # the audit counter at least lived on n2
+    assert "n2" not in report.drained_to.values()
+    assert report.drained_totals == report.to_drain
 
 
 def _good() -> FailoverDemoReport:
@@ -41,6 +44,9 @@ def _good() -> FailoverDemoReport:
         alerts=["n2 memory_mb critical"],
         quarantined=["n2"],
         placed_after_quarantine="n1",
+        to_drain={"audit": 10, "session-2": 2},
+        drained_to={"audit": "n1", "session-2": "n1"},
+        drained_totals={"audit": 10, "session-2": 2},
     )
 
 
@@ -55,6 +61,9 @@ def test_judge_holds_on_a_good_report_and_breaks_on_each_fault() -> None:
         "plain moved": {"cache_status": "running"},
         "no quarantine": {"quarantined": []},
         "placed on the quarantined node": {"placed_after_quarantine": "n2"},
+        "not drained": {"drained_to": {"audit": "n2", "session-2": "n1"}},
+        "drained without its state": {"drained_totals": {"audit": 0, "session-2": 2}},
+        "nothing to drain": {"to_drain": {}, "drained_to": {}, "drained_totals": {}},
     }
     for name, change in faults.items():
         report = dataclasses.replace(_good(), **change)
