@@ -245,6 +245,20 @@ def test_failovers_older_than_the_window_do_not_count() -> None:
     assert result.history == {"c": (NOW - 300.0, NOW - 1.0, NOW)}
 
 
+def test_the_history_may_run_on_its_own_clock_and_rides_with_the_move() -> None:
+    """The shell keeps the history in the registry in wall-clock seconds: ``history_now``
+    is the present on that clock, and each move carries the history to write with it."""
+    wall = 1_700_000_000.0
+    history = {"c": (wall - 700.0, wall - 300.0, wall - 1.0)}
+    result = plan([agent("c")], history=history, history_now=wall)
+    move = result.decisions[0]
+    assert isinstance(move, MoveTo)
+    assert move.failovers == (wall - 300.0, wall - 1.0, wall)
+    assert result.history == {"c": move.failovers}
+    limited = plan([agent("c")], history={"c": move.failovers}, history_now=wall + 1.0)
+    assert limited.decisions == (MarkFailed("c", 10, "failover_limit", alert=True),)
+
+
 def test_four_failovers_in_a_row_through_the_planner() -> None:
     history: Mapping[str, Sequence[float]] = {}
     kinds = []

@@ -53,13 +53,6 @@ __all__ = ["FailoverConfig", "FailoverManager"]
 
 _log = logging.getLogger("agentcluster.cluster.failover")
 
-_UNWRITTEN = "unwritten"
-"""A decision that was never written (the store did not answer, or the reservation for a
-move was refused). The failover history lives in the entries (``AgentEntry.failovers``,
-written with each move), so a move planned but not made never counts towards the limit —
-a store outage cannot use up the limit of an agent that has not moved — and a new leader
-counts on from the registry as it finds it."""
-
 
 @dataclass(frozen=True, slots=True)
 class FailoverConfig:
@@ -155,12 +148,9 @@ class FailoverManager:
                 entries.append((entry, revision))
         members = node.members()
         leader = None if node.liveness is None else node.liveness.leader()
-        wall = clock.wall()
-        history = {
-            entry.id: tuple(started - (wall - t) for t in entry.failovers)
-            for entry, _ in entries
-            if entry.failovers
-        }
+        # The failover history is in the entries (wall-clock times written with each move),
+        # so any leader counts on, and a move never written never counts.
+        history = {entry.id: entry.failovers for entry, _ in entries if entry.failovers}
         plan = plan_failover(
             entries,
             members,
@@ -169,6 +159,7 @@ class FailoverManager:
             rng=self._rng,
             starting=self._starting,
             history=history,
+            history_now=clock.wall(),
             leader=None if leader is None else leader[0],
             max_failovers=self.config.max_failovers,
             failover_window=self.config.failover_window,
@@ -193,12 +184,12 @@ class FailoverManager:
 
         async def run(decision: Decision) -> str | None:
             async with gate:
-                return await self._carry_out(decision, wall)
+                return await self._carry_out(decision)
 
         outcomes = await asyncio.gather(*(run(d) for d in decisions))
         counts = {"moved": 0, "unavailable": 0, "failed": 0, "lost": 0}
         for outcome in outcomes:
-            counts["lost" if outcome in (None, _UNWRITTEN) else outcome] += 1
+            counts[outcome or "lost"] += 1
         self.passes += 1
         self.moved += counts["moved"]
         self.marked_unavailable += counts["unavailable"]
@@ -221,7 +212,7 @@ class FailoverManager:
             )
         return plan.next_deadline, plan.remaining > 0
 
-    async def _carry_out(self, decision: Decision, wall: float) -> str | None:
+    async def _carry_out(self, decision: Decision) -> str | None:
         node = self._node
         registry = node._registry()
         entry = registry.lookup(decision.agent_id)
@@ -231,9 +222,7 @@ class FailoverManager:
         outcome: str
         if isinstance(decision, MoveTo):
             if decision.resources and not await reserve_move(self._node, decision):
-                return _UNWRITTEN
-            window = self.config.failover_window
-            recent = tuple(t for t in entry.failovers if wall - t < window)
+                return None
             changed = replace(
                 entry,
                 node=decision.node,
@@ -242,7 +231,7 @@ class FailoverManager:
                 status=AgentStatus.STARTING,
                 reason=None,
                 stamp=stamp,
-                failovers=(*recent, wall)[-(self.config.max_failovers + 1) :],
+                failovers=decision.failovers,
             )
             outcome = "moved"
         elif isinstance(decision, MarkUnavailable):
@@ -261,7 +250,7 @@ class FailoverManager:
             return None
         except AgentClusterError as error:
             _log.info("failover decision for %r not written: %s", decision.agent_id, error)
-            return _UNWRITTEN
+            return None
         if isinstance(decision, MarkFailed) and decision.alert:
             self._alert(decision)
         return outcome

@@ -187,9 +187,9 @@ class ClusterNode:
         """The keepers of the persistent agents running here, by id."""
         self.failover: FailoverManager | None = None
         self.drainer: Drainer | None = None
+        """Hands this node's persistent agents off while its quarantine asks for a drain."""
         self._watchdog: LoopWatchdog | None = None
         """Names what blocks the loop past F/2 (real clock only)."""
-        """Hands this node's persistent agents off while its quarantine asks for a drain."""
         self._activating: set[str] = set()
         self._keeper_tasks: set[asyncio.Task[Any]] = set()
         self._connections: list[Connection] = []

@@ -26,12 +26,14 @@ agent-id order:
   can, so a one-node cluster still retries;
 - every other entry on a live node at its current incarnation is left alone.
 
-Every ``MoveTo`` is a failover, recorded in the agent's history at ``now``. A move that
-would be the ``max_failovers + 1``-th within ``failover_window`` becomes ``MarkFailed``
+Every ``MoveTo`` is a failover, recorded in the agent's history at ``history_now`` (the
+history's own clock: the shell keeps it in the registry entries in wall-clock seconds, so
+any leader counts on; ``now`` when not given). The move carries the agent's history with
+itself added (``MoveTo.failovers``), for the shell to write with it. A move that would be
+the ``max_failovers + 1``-th within ``failover_window`` becomes ``MarkFailed``
 (``failover_limit``) with a critical alert instead: an agent that kills node after node,
 or never activates, stops being moved. A failover at ``t`` counts while
-``now - t < failover_window``. A move whose compare-and-set then loses still counts, which
-only fails a flapping agent sooner, never later.
+``history_now - t < failover_window``.
 
 Placement sees the nodes as the shell built them (``NodeView``: reservations, health,
 quarantine, breakers), restricted to those the membership holds alive; quarantined,
@@ -115,6 +117,9 @@ class MoveTo:
     node_incarnation: int
     agent_incarnation: int
     resources: Mapping[str, float] = field(default_factory=dict)
+    failovers: tuple[float, ...] = field(default=(), compare=False)
+    """The agent's failovers within the window, this one last (``history_now`` clock):
+    bookkeeping to write with the move, not part of which move it is (equality)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +192,7 @@ def plan_failover(
     rng: random.Random,
     starting: Mapping[str, StartingSince] | None = None,
     history: Mapping[str, Sequence[float]] | None = None,
+    history_now: float | None = None,
     leader: str | None = None,
     max_failovers: int = MAX_FAILOVERS,
     failover_window: float = FAILOVER_WINDOW,
@@ -198,7 +204,8 @@ def plan_failover(
     ``entries`` are ``(entry, revision)`` from the registry cache; ``nodes`` the membership;
     ``views`` the placement snapshot of the alive nodes (any other is ignored); ``rng``
     drives the random strategies; ``leader`` is handed to ``leader_only``. ``starting`` and
-    ``history`` are the tables of the previous plan (empty at first).
+    ``history`` are the tables of the previous plan (empty at first); ``history_now`` is
+    the present on the history's clock (default ``now``).
     """
     if max_failovers < 0:
         raise ConfigurationError(f"max_failovers must be >= 0, not {max_failovers!r}")
@@ -211,8 +218,9 @@ def plan_failover(
         raise ConfigurationError(f"limit must be >= 1, not {limit!r}")
     held_starting = starting or {}
     times: dict[str, tuple[float, ...]] = {}
+    at = now if history_now is None else history_now
     for agent_id, earlier in (history or {}).items():
-        recent = tuple(t for t in earlier if now - t < failover_window)
+        recent = tuple(t for t in earlier if at - t < failover_window)
         if recent:
             times[agent_id] = recent
 
@@ -270,8 +278,8 @@ def plan_failover(
                 )
             continue
         placer.reserve(target, placement.resources)
-        times[entry.id] = (*earlier, now)
-        decisions.append(_move(entry, revision, target, nodes, placement))
+        times[entry.id] = (*earlier, at)
+        decisions.append(_move(entry, revision, target, nodes, placement, times[entry.id]))
     return FailoverPlan(
         decisions=tuple(decisions),
         starting=timed,
@@ -287,6 +295,7 @@ def _move(
     target: str,
     nodes: Mapping[str, NodeRecord],
     placement: _Placement,
+    failovers: tuple[float, ...] = (),
 ) -> MoveTo:
     """The move of ``entry`` (at ``revision``) to ``target``, at the next incarnation."""
     return MoveTo(
@@ -296,6 +305,7 @@ def _move(
         node_incarnation=nodes[target].incarnation,
         agent_incarnation=entry.incarnation + 1,
         resources=dict(placement.resources),
+        failovers=failovers,
     )
 
 
