@@ -167,6 +167,7 @@ class AgentKeeper:
         self._answered: OrderedDict[str, bytes] = OrderedDict()
         """Call id -> result frame of the restored snapshot's replies, for a resent call."""
         self._sending: set[str] = set()
+        self._lease_waiter: asyncio.Task[None] | None = None
         self._fingerprint: tuple[Any, ...] = ()
         self._seq_of: dict[str, int] = {}
         self._outstanding: dict[int, None] = {}
@@ -538,11 +539,23 @@ class AgentKeeper:
         self._release(version, envelope)
 
     def _release(self, version: int, envelope: SnapshotEnvelope) -> None:
+        """A write of ``version`` committed: release what it covers, purge the inbox."""
         if not self._deps.fence_ok():
             # Released once the lease is confirmed again (or by the new owner, from the
             # committed snapshot, if this instance was replaced meanwhile).
-            self._spawn(self._release_later(version, envelope))
+            self._release_when_lease_back()
             return
+        self._release_effects(version)
+        position = self.position
+        inbox = self._deps.inbox
+        if position is not None and inbox is not None and envelope.inbox is not None:
+            below = InboxPosition.from_json(envelope.inbox).purge_below()
+            if below > self._purged_below + 1:
+                self._purged_below = below - 1
+                self._spawn(self._purge(inbox, below))
+
+    def _release_effects(self, version: int) -> None:
+        """Settle the held replies and send the outbox entries ``version`` covers."""
         if self._replies:
             still: list[tuple[int, asyncio.Future[Any], Any]] = []
             for held in self._replies:
@@ -561,26 +574,21 @@ class AgentKeeper:
                 self._send(entry)
         if replies:
             self.outbox = self.outbox.released(replies)
-        position = self.position
-        inbox = self._deps.inbox
-        if position is not None and inbox is not None and envelope.inbox is not None:
-            below = InboxPosition.from_json(envelope.inbox).purge_below()
-            if below > self._purged_below + 1:
-                self._purged_below = below - 1
-                self._spawn(self._purge(inbox, below))
 
-    async def _release_later(self, version: int, envelope: SnapshotEnvelope) -> None:
-        if await self._lease_back():
-            self._release(version, envelope)
+    def _release_when_lease_back(self) -> None:
+        """Release what the last commit covers once the node's lease is confirmed again:
+        one waiter per keeper, however many effects wait."""
+        waiter = self._lease_waiter
+        if waiter is None or waiter.done():
+            self._lease_waiter = self._spawn(self._wait_for_lease())
 
-    async def _lease_back(self) -> bool:
-        """Wait until the node's lease is confirmed again; False once this instance was
-        fenced or stopped meanwhile (its effects are the new owner's to release)."""
+    async def _wait_for_lease(self) -> None:
         while not self._deps.fence_ok():
             if self.fenced is not None or self._stopped:
-                return False
+                return  # replaced: the new owner releases from the committed snapshot
             await asyncio.sleep(_LEASE_POLL)
-        return self.fenced is None and not self._stopped
+        if self.fenced is None and not self._stopped:
+            self._release_effects(self.scheduler.committed_version)
 
     def release_restored(self, entries: list[OutboxEntry] | None = None) -> None:
         """After the fencing write: release again every entry the restored snapshot held.
@@ -639,13 +647,12 @@ class AgentKeeper:
         # signal. The router's retransmissions carry the same id, and receivers drop them
         # as duplicates. Without a lease the entry waits in the outbox (the new owner
         # releases it from its snapshot if this instance is replaced meanwhile).
-        if (
-            self.fenced is not None
-            or self._stopped
-            or (not self._deps.fence_ok() and not await self._lease_back())
-            or self.superseded()
-        ):
+        if self.fenced is not None or self._stopped or self.superseded():
             self._sending.discard(entry_id)
+            return
+        if not self._deps.fence_ok():
+            self._sending.discard(entry_id)  # still in the outbox: released again then
+            self._release_when_lease_back()
             return
         self._committed("emit")
         try:
@@ -670,11 +677,12 @@ class AgentKeeper:
             _log.debug("inbox of %r not purged below %d: %s", self.agent_id, below, error)
             self._purged_below = 0
 
-    def _spawn(self, work: Any) -> None:
+    def _spawn(self, work: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(work)
         tasks = self._deps.tasks
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+        return task
 
     def _committed(self, kind: str, revision: int | None = None) -> None:
         """Every externally visible effect, for invariant checkers (``sim.invariants``)."""
