@@ -15,7 +15,11 @@ from agentcluster.core.snapshots import (
     OutboxFull,
     SnapshotEnvelope,
     SnapshotScheduler,
+    WriteAgainAt,
+    WriteLanded,
+    WriteLost,
     decode_stored,
+    resolve_snapshot_write,
     retry_delay,
     storage_plan,
 )
@@ -540,3 +544,37 @@ def test_malformed_pointer_is_a_corrupt_record(raw: dict[str, Any]) -> None:
 
 
 # --- migration ----------------------------------------------------------------------
+
+
+# --- the outcome of a write ---------------------------------------------------------
+
+MINE, EARLIER, OTHER = b"mine", b"earlier", b"other"
+
+
+@pytest.mark.parametrize(
+    ("found", "expected", "ours", "timed_out", "outcome"),
+    [
+        # timed out: our value landed; the key untouched means not yet; anything else lost
+        ((MINE, 8), 7, [MINE], True, WriteLanded(8)),
+        ((b"before", 7), 7, [MINE], True, WriteAgainAt(7)),
+        (None, None, [MINE], True, WriteAgainAt(None)),
+        ((EARLIER, 9), 7, [EARLIER, MINE], True, WriteAgainAt(9)),
+        ((OTHER, 9), 7, [MINE], True, WriteLost()),
+        (None, 7, [MINE], True, WriteLost()),
+        # lost its compare-and-set: only an earlier write of ours (or this one, repeated
+        # after a timeout) is not another writer
+        ((EARLIER, 9), 7, [EARLIER], False, WriteAgainAt(9)),
+        ((MINE, 9), 7, [MINE], False, WriteLanded(9)),
+        ((MINE, 9), 7, [], False, WriteLost()),
+        ((OTHER, 9), 7, [EARLIER], False, WriteLost()),
+        (None, 7, [EARLIER], False, WriteLost()),
+    ],
+)
+def test_a_write_of_unclear_outcome_is_resolved_from_the_key(
+    found: tuple[bytes, int] | None,
+    expected: int | None,
+    ours: list[bytes],
+    timed_out: bool,
+    outcome: object,
+) -> None:
+    assert resolve_snapshot_write(found, MINE, expected, ours, timed_out=timed_out) == outcome

@@ -29,7 +29,10 @@ from agentcluster.core.snapshots import (
     Inline,
     ObjectPointer,
     SnapshotEnvelope,
+    WriteAgainAt,
+    WriteLost,
     decode_stored,
+    resolve_snapshot_write,
     storage_plan,
 )
 from agentcluster.errors import (
@@ -156,11 +159,12 @@ class StateStore:
     async def _compare_and_set(
         self, agent_id: str, envelope: SnapshotEnvelope, value: bytes, revision: int | None
     ) -> int:
-        """Write ``value`` at ``revision`` until the outcome is definite (module docstring)."""
+        """Write ``value`` at ``revision`` until the outcome is definite (module docstring;
+        the decisions are ``core.snapshots.resolve_snapshot_write``)."""
         key = state_key(agent_id)
         incarnation = envelope.agent_incarnation
         held = self._unresolved.get(agent_id)
-        unresolved = held[1] if held is not None and held[0] == incarnation else []
+        ours = held[1] if held is not None and held[0] == incarnation else []
         expected = revision
         for _ in range(_READBACK_ATTEMPTS):
             try:
@@ -169,35 +173,31 @@ class StateStore:
                 else:
                     written = await self._kv.update(key, value, expected, timeout=self._timeout)
             except (RevisionMismatch, KeyExists):
-                found = await self._kv.get(key, timeout=self._timeout)
-                if found is None or found.value not in unresolved:
-                    self._unresolved.pop(agent_id, None)
-                    raise self._fenced(agent_id, envelope) from None
-                if found.value != value:
-                    expected = found.revision  # an earlier write of ours, landed late
-                    continue
-                written = found.revision  # this very write, repeated after a timeout
+                timed_out = False
             except RequestTimeout:
-                if value not in unresolved:
-                    unresolved.append(value)
-                    del unresolved[:-_UNRESOLVED_LIMIT]
-                    self._unresolved[agent_id] = (incarnation, unresolved)
-                try:
-                    found = await self._kv.get(key, timeout=self._timeout)
-                except RequestTimeout:
-                    continue
-                if found is not None and found.value == value:
-                    written = found.revision
-                elif (found.revision if found is not None else None) == expected or (
-                    found is not None and found.value in unresolved
-                ):
-                    expected = None if found is None else found.revision
-                    continue
-                else:
-                    self._unresolved.pop(agent_id, None)
-                    raise self._fenced(agent_id, envelope) from None
+                timed_out = True
+                if value not in ours:
+                    ours.append(value)
+                    del ours[:-_UNRESOLVED_LIMIT]
+                    self._unresolved[agent_id] = (incarnation, ours)
+            else:
+                self._unresolved.pop(agent_id, None)
+                return written
+            try:
+                entry = await self._kv.get(key, timeout=self._timeout)
+            except RequestTimeout:
+                if not timed_out:
+                    raise
+                continue
+            found = None if entry is None else (entry.value, entry.revision)
+            outcome = resolve_snapshot_write(found, value, expected, ours, timed_out=timed_out)
+            if isinstance(outcome, WriteAgainAt):
+                expected = outcome.revision
+                continue
             self._unresolved.pop(agent_id, None)
-            return written
+            if isinstance(outcome, WriteLost):
+                raise self._fenced(agent_id, envelope)
+            return outcome.revision
         raise RequestTimeout(f"state of {agent_id!r}: the outcome of a write stayed unknown")
 
     def _fenced(self, agent_id: str, envelope: SnapshotEnvelope) -> AgentFenced:

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -72,7 +72,11 @@ __all__ = [
     "OutboxFull",
     "SnapshotEnvelope",
     "SnapshotScheduler",
+    "WriteAgainAt",
+    "WriteLanded",
+    "WriteLost",
     "decode_stored",
+    "resolve_snapshot_write",
     "retry_delay",
     "storage_plan",
 ]
@@ -471,3 +475,53 @@ def decode_stored(data: bytes) -> SnapshotEnvelope | ObjectPointer:
     if "object" in raw:
         return ObjectPointer._from_raw(raw)
     return SnapshotEnvelope._from_raw(raw)
+
+
+# --- the outcome of a write -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WriteLanded:
+    """The key holds this write, at ``revision``."""
+
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteAgainAt:
+    """Repeat the write by compare-and-set at ``revision`` (None: create the key)."""
+
+    revision: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteLost:
+    """Another writer holds the key: the writing instance is fenced."""
+
+
+def resolve_snapshot_write(
+    found: tuple[bytes, int] | None,
+    value: bytes,
+    expected: int | None,
+    ours: Collection[bytes],
+    *,
+    timed_out: bool,
+) -> WriteLanded | WriteAgainAt | WriteLost:
+    """What a snapshot write whose outcome is not plain does next, from the key as read
+    (``found``: value and revision, None when absent).
+
+    The write either timed out (``timed_out``: it may land later) or lost its
+    compare-and-set at ``expected``. ``ours`` are the values of this instance's earlier
+    writes of unknown outcome (this one included once it timed out). Our value at the key
+    means it landed; the key still at ``expected`` after a timeout means it did not (yet),
+    and the same write is repeated there — never taken for a newer writer, which would stop
+    an agent nobody replaced; an earlier write of ours that landed late is written over at
+    its revision. Anything else is another writer's value: lost.
+    """
+    if found is not None and found[0] == value and (timed_out or value in ours):
+        return WriteLanded(found[1])
+    if timed_out and (None if found is None else found[1]) == expected:
+        return WriteAgainAt(expected)
+    if found is not None and found[0] in ours:
+        return WriteAgainAt(found[1])
+    return WriteLost()
