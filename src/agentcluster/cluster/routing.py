@@ -294,7 +294,7 @@ class Router:
         self._calls: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._unacked: dict[tuple[str, str], str] = {}
         self._accepted = AcceptedIds(cfg.dedup_capacity)
-        self._durable: list[tuple[str, Signal, str, str, float]] = []
+        self._durable: list[_DurableSend] = []
         self._storing: set[asyncio.Task[None]] = set()
         self._subs: list[Subscription] = []
         self._started = False
@@ -767,7 +767,7 @@ class Router:
             return _store_refusal(signal.id, agent_id, error)
         return None
 
-    async def _store_durable(self, items: list[tuple[str, Signal, str, str, float]]) -> None:
+    async def _store_durable(self, items: list[_DurableSend]) -> None:
         """Store a batch's sends to durable agents, then acknowledge them.
 
         The stores are issued together, in the batch's order, and their acknowledgements
@@ -775,61 +775,56 @@ class Router:
         connection keeps their order, so each agent's inbox sequences follow the batch;
         each stored signal is then handed to its mailbox in that order.
         """
-        by_reply: dict[str, tuple[list[tuple[str, str]], list[Refusal]]] = {}
+        by_reply: dict[str, tuple[list[tuple[str, str]], list[Refusal]]] = {
+            item.reply: ([], []) for item in items
+        }
+
+        def refuse(item: _DurableSend, refusal: Refusal) -> None:
+            self.stats.refused[refusal.reason] += 1
+            by_reply[item.reply][1].append(refusal)
+
         loop = asyncio.get_running_loop()
-        stores: list[
-            tuple[str, Signal, str, str, float, AgentKeeper, Signal, asyncio.Task[tuple[int, bool]]]
-        ] = []
-        handed: list[tuple[str, Signal, str, str, float, AgentKeeper]] = []
+        stores: list[tuple[_DurableSend, AgentKeeper, Signal, asyncio.Task[tuple[int, bool]]]]
+        stores = []
+        handed: list[tuple[_DurableSend, AgentKeeper]] = []
         try:
-            for agent_id, signal, key, reply, now in items:
-                refused = by_reply.setdefault(reply, ([], []))[1]
-                server = self._local_server(agent_id)
+            for item in items:
+                server = self._local_server(item.agent_id)
                 keeper = server.keeper if server is not None else None
-                refusal: Refusal | None = None
                 if keeper is None or not keeper.durable:
-                    refusal = self._where(agent_id, signal.id)
+                    refuse(item, self._where(item.agent_id, item.signal.id))
                 elif not keeper.running:
-                    refusal = _starting(signal.id, agent_id, self.node_id)
+                    refuse(item, _starting(item.signal.id, item.agent_id, self.node_id))
                 else:
                     try:
-                        stored = keeper.admit(signal)
+                        stored = keeper.admit(item.signal)
                     except _STORE_ERRORS as error:
-                        refusal = _store_refusal(signal.id, agent_id, error)
-                if refusal is not None:
-                    self.stats.refused[refusal.reason] += 1
-                    refused.append(refusal)
-                    continue
-                assert keeper is not None
-                task = loop.create_task(keeper.store(stored))
-                stores.append((agent_id, signal, key, reply, now, keeper, stored, task))
-            for agent_id, signal, key, reply, now, keeper, stored, task in stores:
+                        refuse(item, _store_refusal(item.signal.id, item.agent_id, error))
+                        continue
+                    stores.append((item, keeper, stored, loop.create_task(keeper.store(stored))))
+            for item, keeper, stored, task in stores:
                 try:
                     seq, duplicate = await task
                     await keeper.hand_over(seq, duplicate, stored)
                 except _STORE_ERRORS as error:
-                    refusal = _store_refusal(signal.id, agent_id, error)
-                    self.stats.refused[refusal.reason] += 1
-                    by_reply[reply][1].append(refusal)
+                    refuse(item, _store_refusal(item.signal.id, item.agent_id, error))
                     continue
-                handed.append((agent_id, signal, key, reply, now, keeper))
+                handed.append((item, keeper))
         finally:
             for *_, task in stores:
                 if not task.done():
                     task.cancel()
         # From the fence checks to the acknowledgements, nothing awaits.
-        for agent_id, signal, key, reply, now, keeper in handed:
-            accepted, refused = by_reply[reply]
+        for item, keeper in handed:
             try:
                 keeper.acknowledge()
             except DeliveryError as error:
-                refusal = _store_refusal(signal.id, agent_id, error)
-                self.stats.refused[refusal.reason] += 1
-                refused.append(refusal)
+                refuse(item, _store_refusal(item.signal.id, item.agent_id, error))
                 continue
-            self._accepted.accept(key, self._remember_until(signal, now), now)
+            signal, now = item.signal, item.now
+            self._accepted.accept(item.key, self._remember_until(signal, now), now)
             self.stats.accepted += 1
-            accepted.append((signal.id, agent_id))
+            by_reply[item.reply][0].append((signal.id, item.agent_id))
         for reply, (accepted, refused) in by_reply.items():
             if reply and not self._stopped:
                 ack = wire.ack_frame(self.node_id, self.incarnation, accepted, refused)
@@ -904,7 +899,7 @@ class Router:
                 return
             elif kind is Kind.SEND and keeper.durable:
                 # Acknowledged once stored in the durable inbox, after this batch.
-                self._durable.append((agent_id, signal, key, reply, now))
+                self._durable.append(_DurableSend(agent_id, signal, key, reply, now))
                 return
         if isinstance(verdict, AgentServer):
             if kind is Kind.CALL and len(self._calls) >= self.config.max_remote_calls:
@@ -1065,6 +1060,19 @@ def _starting(signal_id: str, agent_id: str, node_id: str) -> Refusal:
     return Refusal(
         signal_id, agent_id, Reason.STARTING, True, f"agent {agent_id!r} is starting on {node_id!r}"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _DurableSend:
+    """A ``send`` to a durable agent here, accepted from a batch, waiting to be stored."""
+
+    agent_id: str
+    signal: Signal
+    key: str
+    """Its key in the accepted-id memory."""
+    reply: str
+    """Where its batch's acknowledgement goes."""
+    now: float
 
 
 _STORE_ERRORS = (DeliveryError, InvalidSignal, TransportError)
