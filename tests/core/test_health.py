@@ -399,6 +399,22 @@ def test_an_operator_quarantine_holds_until_the_operator_releases() -> None:
     assert on_probation.transition is Transition.PROBATION
 
 
+def test_only_a_quarantine_with_drain_drains_and_probation_stops_it() -> None:
+    draining = operator_quarantine(None, "n2", "disk swap", at=50, hold=False, drain=True)
+    assert draining.draining
+    assert not operator_quarantine(None, "n2", "watch it", at=50, drain=False).draining
+    probation = quarantine_step(
+        draining, "n2", H, unhealthy_windows=0, evidence=(), at=60, policy=POLICY
+    ).record
+    assert probation is not None
+    assert probation.state is QuarantineState.PROBATION
+    assert probation.drain
+    assert not probation.draining
+    released = operator_release(draining, "done", at=70)
+    assert released is not None
+    assert not released.draining
+
+
 def test_records_round_trip_and_refuse_corruption() -> None:
     record = operator_quarantine(None, "n.1/x", "because", at=1.5)
     written = replace(record, evidence=(*record.evidence, *EVIDENCE), stamp=WriteStamp("n1", 2, 3))

@@ -42,7 +42,6 @@ from agentcluster.cluster.placement import Placer
 from agentcluster.cluster.quarantine import quarantine_book
 from agentcluster.core.drain import DrainPlan, plan_drain
 from agentcluster.core.failover import MoveTo
-from agentcluster.core.health import QuarantineState
 from agentcluster.core.registry import AgentStatus
 from agentcluster.errors import AgentClusterError, AgentFenced, RevisionMismatch
 
@@ -98,7 +97,7 @@ class Drainer:
         """This node's quarantine record asks for a drain now."""
         book = quarantine_book(self._node.local.services)
         record = None if book is None else book.record(self._node.node_id)
-        return record is not None and record.drain and record.state is QuarantineState.QUARANTINED
+        return record is not None and record.draining
 
     async def _loop(self) -> None:
         while True:

@@ -498,6 +498,12 @@ class Quarantine:
         """Excludes the node from placement and requests."""
         return self.state is not QuarantineState.RELEASED
 
+    @property
+    def draining(self) -> bool:
+        """The node's persistent agents are to move off it: quarantined (not on probation,
+        which trusts the node again) with ``drain``."""
+        return self.drain and self.state is QuarantineState.QUARANTINED
+
     def to_json(self) -> dict[str, Any]:
         return {
             "node": self.node,
