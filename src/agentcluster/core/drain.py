@@ -28,13 +28,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from agentcluster.core.failover import (
-    _MOVABLE,
     INVALID_SPEC,
+    MOVABLE,
     NO_CAPACITY,
     MoveTo,
-    _move,
-    _placement_of,
-    _Placer,
+    PlanPlacer,
+    move_to,
+    placement_of,
 )
 from agentcluster.core.membership import NodeRecord
 from agentcluster.core.node_view import NodeView
@@ -83,7 +83,7 @@ def plan_drain(
         raise ConfigurationError(f"limit must be >= 1, not {limit!r}")
     record = nodes.get(node_id)
     here = record.incarnation if record is not None else None
-    placer = _Placer(nodes, views, rng, leader)
+    placer = PlanPlacer(nodes, views, rng, leader)
     moves: list[MoveTo] = []
     stays: list[Stay] = []
     candidates = [
@@ -98,13 +98,13 @@ def plan_drain(
         if entry.mode is AgentMode.PLAIN:
             stays.append(Stay(entry.id, PLAIN))
             continue
-        if entry.mode not in _MOVABLE:
+        if entry.mode not in MOVABLE:
             continue
         if len(moves) >= limit:
             break
         examined += 1
         try:
-            placement = _placement_of(entry.spec)
+            placement = placement_of(entry.spec)
         except ConfigurationError:
             stays.append(Stay(entry.id, INVALID_SPEC))
             continue
@@ -117,6 +117,6 @@ def plan_drain(
             stays.append(Stay(entry.id, NO_CAPACITY, "only_this_node"))
             continue
         placer.reserve(target, placement.resources)
-        moves.append(_move(entry, revision, target, nodes, placement))
-    movable = sum(1 for entry, _ in candidates if entry.mode in _MOVABLE)
+        moves.append(move_to(entry, revision, target, nodes, placement))
+    movable = sum(1 for entry, _ in candidates if entry.mode in MOVABLE)
     return DrainPlan(tuple(moves), tuple(stays), remaining=movable - examined)

@@ -72,12 +72,17 @@ __all__ = [
     "FAILOVER_WINDOW",
     "MAX_DECISIONS",
     "MAX_FAILOVERS",
+    "MOVABLE",
     "Decision",
     "FailoverPlan",
     "MarkFailed",
     "MarkUnavailable",
     "MoveTo",
+    "Placement",
+    "PlanPlacer",
     "StartingSince",
+    "move_to",
+    "placement_of",
     "plan_failover",
 ]
 
@@ -103,7 +108,8 @@ NO_CAPACITY = "no_capacity"
 FAILOVER_LIMIT = "failover_limit"
 INVALID_SPEC = "invalid_spec"
 
-_MOVABLE = frozenset({AgentMode.CRITICAL, AgentMode.DURABLE})
+MOVABLE = frozenset({AgentMode.CRITICAL, AgentMode.DURABLE})
+"""The modes whose agents are moved (by a failover or a drain); plain ones never are."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +180,9 @@ class FailoverPlan:
 
 
 @dataclass(frozen=True, slots=True)
-class _Placement:
+class Placement:
+    """Where an entry's restart spec asks its agent to be placed (``placement_of``)."""
+
     strategy: str
     resources: Mapping[str, float]
     requires: frozenset[str]
@@ -230,7 +238,7 @@ def plan_failover(
     for entry, revision in sorted(entries, key=lambda pair: pair[0].id):
         if entry.status is AgentStatus.FAILED:
             continue
-        movable = entry.mode in _MOVABLE
+        movable = entry.mode in MOVABLE
         if may_take_over(entry, nodes):
             if movable or entry.status is not AgentStatus.UNAVAILABLE:
                 candidates.append((entry, revision, None))
@@ -250,14 +258,14 @@ def plan_failover(
             elif next_deadline is None or deadline < next_deadline:
                 next_deadline = deadline
 
-    placer = _Placer(nodes, views, rng, leader)
+    placer = PlanPlacer(nodes, views, rng, leader)
     decisions: list[Decision] = []
     examined = 0
     for entry, revision, stuck_on in candidates:
         if len(decisions) >= limit:
             break
         examined += 1
-        if entry.mode not in _MOVABLE:
+        if entry.mode not in MOVABLE:
             decisions.append(MarkUnavailable(entry.id, revision, _gone_reason(entry, nodes)))
             continue
         earlier = times.get(entry.id, ())
@@ -265,7 +273,7 @@ def plan_failover(
             decisions.append(MarkFailed(entry.id, revision, FAILOVER_LIMIT))
             continue
         try:
-            placement = _placement_of(entry.spec)
+            placement = placement_of(entry.spec)
         except ConfigurationError:
             decisions.append(MarkFailed(entry.id, revision, INVALID_SPEC))
             continue
@@ -279,7 +287,7 @@ def plan_failover(
             continue
         placer.reserve(target, placement.resources)
         times[entry.id] = (*earlier, at)
-        decisions.append(_move(entry, revision, target, nodes, placement, times[entry.id]))
+        decisions.append(move_to(entry, revision, target, nodes, placement, times[entry.id]))
     return FailoverPlan(
         decisions=tuple(decisions),
         starting=timed,
@@ -289,12 +297,12 @@ def plan_failover(
     )
 
 
-def _move(
+def move_to(
     entry: AgentEntry,
     revision: int,
     target: str,
     nodes: Mapping[str, NodeRecord],
-    placement: _Placement,
+    placement: Placement,
     failovers: tuple[float, ...] = (),
 ) -> MoveTo:
     """The move of ``entry`` (at ``revision``) to ``target``, at the next incarnation."""
@@ -318,7 +326,7 @@ def _gone_reason(entry: AgentEntry, nodes: Mapping[str, NodeRecord]) -> str:
     return NODE_RESTARTED
 
 
-def _placement_of(spec: Mapping[str, Any] | None) -> _Placement:
+def placement_of(spec: Mapping[str, Any] | None) -> Placement:
     """The placement an entry's restart spec asks for (the shape ``start_agent`` stores:
     top-level ``resources``, and ``placement`` with ``strategy``, ``requires``, ``zone``,
     ``region``, ``key``); ``ConfigurationError`` when it does not parse."""
@@ -343,7 +351,7 @@ def _placement_of(spec: Mapping[str, Any] | None) -> _Placement:
     resources = spec.get("resources")
     if resources is None:
         resources = raw.get("resources")
-    return _Placement(
+    return Placement(
         strategy=strategy,
         resources=check_resources(resources),
         requires=frozenset(requires),
@@ -353,7 +361,7 @@ def _placement_of(spec: Mapping[str, Any] | None) -> _Placement:
     )
 
 
-class _Placer:
+class PlanPlacer:
     """The strategies of one plan over views that grow with each planned move."""
 
     __slots__ = ("_dirty", "_leader", "_rng", "_strategies", "_views")
@@ -375,7 +383,7 @@ class _Placer:
         self._strategies: dict[str, PlacementStrategy] = {}
         self._dirty: set[str] = set()
 
-    def choose(self, agent_id: str, placement: _Placement, *, exclude: str | None) -> str:
+    def choose(self, agent_id: str, placement: Placement, *, exclude: str | None) -> str:
         request = PlacementRequest(
             agent_id=agent_id,
             resources=placement.resources,
